@@ -1,0 +1,49 @@
+"The installed `criteria-cls` command, run as a user runs it: a subprocess, its stdout, stderr and exit status."
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+
+EXE = shutil.which('criteria-cls', path=str(Path(sys.executable).parent)) or 'criteria-cls'
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_data_on_redsm5_sample(root, bench):
+    r = cli('data', '--params', root / 'params/default.yaml', f'data.path={bench}/redsm5_sample', '--json', cwd=root)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert (s['posts'], s['pairs'], s['criteria']) == (17, 153, 9)
+    assert s['length_unit'] == 'tokens'  # the backbone's tokenizer, loaded offline
+    pos = {c['name']: c['positive'] for c in s['per_criterion']}
+    assert pos['SLEEP_ISSUES'] >= 1 and sum(pos.values()) == s['positive']
+
+
+def test_data_on_imhi_test(root, bench):
+    r = cli('data', '--params', root / 'params/default.yaml', 'data.format=imhi', f'data.path={bench}/imhi_irf/test.csv', '--json', cwd=root)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert (s['posts'], s['criteria'], s['pairs'], s['positive']) == (1057, 2, 2113, 1366)
+
+
+def _bad(tmp, root, *overrides):
+    r = cli('data', '--params', root / 'params/default.yaml', *overrides, cwd=tmp)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert 'Traceback' not in r.stderr and r.stdout == ''
+    assert r.stderr.startswith('criteria-cls data: error: ')
+    return r.stderr
+
+
+def test_bad_inputs_exit_2_without_traceback(tmp_path, root):
+    (tmp_path / 'redsm5_posts.csv').write_text('post_id,body\np1,hello\n')
+    (tmp_path / 'redsm5_annotations.csv').write_text('post_id,sentence_id,sentence_text,DSM5_symptom,status,explanation\n')
+    assert 'missing column(s) text. Found columns: post_id, body' in _bad(tmp_path, root, f'data.path={tmp_path}')
+    assert 'not found' in _bad(tmp_path, root, f'data.path={tmp_path}/nowhere')
+    assert "unknown params key 'cv.fold'" in _bad(tmp_path, root, 'cv.fold=3')
+    (tmp_path / 'p.csv').write_bytes(b'post_id,text,criterion_id,label\np1,caf\xe9,A1,1\n')
+    assert 'not UTF-8' in _bad(tmp_path, root, 'data.format=pairs', f'data.path={tmp_path}/p.csv')
+    (tmp_path / 'bad.yaml').write_text('data: [oops\n')
+    r = cli('data', '--params', tmp_path / 'bad.yaml', cwd=tmp_path)
+    assert r.returncode == 2 and 'malformed YAML' in r.stderr and 'Traceback' not in r.stderr
+    assert list(tmp_path.glob('*.tmp')) == []  # nothing half-written
