@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from .config import InputError, load_params
 
 # %% auto #0
-__all__ = ['COMMANDS', 'cmd_data', 'build_parser', 'main', 'console']
+__all__ = ['cmd_data', 'cmd_cv', 'cmd_fold', 'cmd_aggregate', 'cmd_holdout', 'build_parser', 'main', 'console']
 
 # %% ../nbs/11_cli.ipynb #0fd3afb2
 def _tokenizer(p):
@@ -42,6 +42,34 @@ def cmd_data(args) -> int:
         for n in s['notes']: print(f'warning: {n}', file=sys.stderr)
     return 0
 
+# %% ../nbs/11_cli.ipynb #588b0e23
+def cmd_cv(args) -> int:
+    "Cross-validate: parent run, one papermill notebook per fold, aggregation and reports."
+    from criteria_cls.pipeline import run_cv
+    if not args.params and not args.resume: raise InputError('give --params FILE, or --resume RUN_ID to finish an interrupted CV')
+    only = [int(x) for x in args.only_folds.split(',')] if args.only_folds else None
+    run_cv(args.params, args.overrides, jobs=args.jobs, resume=args.resume, only_folds=only, progress=not args.quiet)
+    return 0
+
+def cmd_fold(args) -> int:
+    "Run one fold of an existing CV exactly as `cv` does (for schedulers)."
+    from criteria_cls.pipeline import run_fold
+    rid = run_fold(args.parent_run_id, args.fold, progress=not args.quiet, threads=args.threads)
+    print(json.dumps({'fold': args.fold, 'run_id': rid, 'parent_run_id': args.parent_run_id}))
+    return 0
+
+def cmd_aggregate(args) -> int:
+    "Aggregate a CV's finished folds into the summary and the report."
+    from criteria_cls.pipeline import run_aggregate
+    print(f'report: {run_aggregate(args.run_id, progress=not args.quiet)}')
+    return 0
+
+def cmd_holdout(args) -> int:
+    "Train on data.path, test on data.test_path: one notebook, one run, one report."
+    from criteria_cls.pipeline import run_holdout
+    run_holdout(args.params, args.overrides, progress=not args.quiet)
+    return 0
+
 # %% ../nbs/11_cli.ipynb #7cd363bb
 def _params_args(sp):
     sp.add_argument('--params', required=True, help='params YAML file (see params/)')
@@ -56,10 +84,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument('--json', action='store_true', help='print JSON')
     sp.add_argument('--words', action='store_true', help='measure lengths in words (do not load the tokenizer)')
     sp.set_defaults(func=cmd_data)
-    for register in COMMANDS: register(sub)
-    return ap
 
-COMMANDS = []  # further subcommands register themselves: fn(subparsers) -> None
+    sp = sub.add_parser('cv', help='cross-validate: a notebook and MLflow child run per fold, then the aggregation report')
+    sp.add_argument('--params', help='params YAML file (see params/)')
+    sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='override params, e.g. train.lr=1e-4')
+    sp.add_argument('--jobs', type=int, default=1, help='folds to run side by side (cores are split between them)')
+    sp.add_argument('--resume', metavar='RUN_ID', help='finish the CV of this parent run: run the folds that did not finish, then aggregate')
+    sp.add_argument('--only-folds', metavar='K[,K...]', help='run only these folds now; finish later with --resume')
+    sp.add_argument('--quiet', action='store_true', help='no progress bars')
+    sp.set_defaults(func=cmd_cv)
+
+    sp = sub.add_parser('fold', help='run one fold of an existing CV (for schedulers: SLURM arrays, other machines)')
+    sp.add_argument('--parent-run-id', required=True, help='the CV parent run (printed by `cv`)')
+    sp.add_argument('--fold', type=int, required=True)
+    sp.add_argument('--threads', type=int, help='torch threads for this fold')
+    sp.add_argument('--quiet', action='store_true')
+    sp.set_defaults(func=cmd_fold)
+
+    sp = sub.add_parser('aggregate', help='aggregate the finished folds of a CV into its summary and report')
+    sp.add_argument('--run-id', required=True, help='the CV parent run')
+    sp.add_argument('--quiet', action='store_true')
+    sp.set_defaults(func=cmd_aggregate)
+
+    sp = sub.add_parser('holdout', help='train on data.path, test on data.test_path')
+    _params_args(sp)
+    sp.add_argument('--quiet', action='store_true')
+    sp.set_defaults(func=cmd_holdout)
+    return ap
 
 def main(argv=None) -> int:
     "Entry point of `criteria-cls`: exit 0 on success, 2 on bad input (message, no traceback)."

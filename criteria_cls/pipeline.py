@@ -12,6 +12,7 @@ import numpy as np, pandas as pd
 from .config import InputError, load_params, save_params, params_dict, params_hash, project_root, resolve_path, seed_everything
 from .data import load_table, PairTable
 from .splits import folds_from_params, write_folds, read_folds, fold_pairs, make_folds
+import criteria_cls
 from . import tracking as T
 
 # %% auto #0
@@ -36,7 +37,7 @@ def run_dir(p, experiment:str, name:str) -> Path:
 
 def notebooks_dir(p=None) -> Path:
     "The folder with `train_fold.ipynb` and `aggregate.ipynb`."
-    cands = ([Path(p._root) / 'nbs' / 'pipelines'] if p is not None else []) + [Path(__file__).resolve().parents[1] / 'nbs' / 'pipelines']
+    cands = ([Path(p._root) / 'nbs' / 'pipelines'] if p is not None else []) + [Path(criteria_cls.__file__).resolve().parents[1] / 'nbs' / 'pipelines']
     for c in cands:
         if (c / 'train_fold.ipynb').exists(): return c
     raise InputError(f"pipeline notebooks not found (looked in {', '.join(map(str, cands))}); run from a checkout of criteria-cls")
