@@ -47,7 +47,7 @@ def cmd_cv(args) -> int:
     "Cross-validate: parent run, one papermill notebook per fold, aggregation and reports."
     from criteria_cls.pipeline import run_cv
     if not args.params and not args.resume: raise InputError('give --params FILE, or --resume RUN_ID to finish an interrupted CV')
-    only = [int(x) for x in args.only_folds.split(',')] if args.only_folds else None
+    only = [int(x) for x in args.only_folds.split(',') if x.strip()] if args.only_folds is not None else None
     run_cv(args.params, args.overrides, jobs=args.jobs, resume=args.resume, only_folds=only, progress=not args.quiet)
     return 0
 
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='override params, e.g. train.lr=1e-4')
     sp.add_argument('--jobs', type=int, default=1, help='folds to run side by side (cores are split between them)')
     sp.add_argument('--resume', metavar='RUN_ID', help='finish the CV of this parent run: run the folds that did not finish, then aggregate')
-    sp.add_argument('--only-folds', metavar='K[,K...]', help='run only these folds now; finish later with --resume')
+    sp.add_argument('--only-folds', metavar='K[,K...]', help='run only these folds now (empty: none, just set up the CV); finish later with --resume or `fold`')
     sp.add_argument('--quiet', action='store_true', help='no progress bars')
     sp.set_defaults(func=cmd_cv)
 
