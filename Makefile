@@ -44,8 +44,11 @@ lab: install  ## JupyterLab on nbs/
 mlflow-ui: install  ## the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlruns --host 127.0.0.1 --port 5000
 
+readme: install  ## README.md from nbs/index.ipynb (nbdev_readme needs quarto; nbconvert does not)
+	$(BIN)/jupyter nbconvert --to markdown --log-level WARN nbs/index.ipynb --output-dir . --output README
+
 clean:  ## remove build outputs and caches (keeps .venv, mlflow.db, mlruns/ and reports/)
 	rm -rf build dist *.egg-info _docs _proc .pytest_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help install test cv lab mlflow-ui clean
+.PHONY: help install test cv lab mlflow-ui readme clean
