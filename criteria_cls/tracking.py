@@ -50,6 +50,7 @@ def get_client(p, check:bool=True, tries:int=5):
     import mlflow
     from mlflow import MlflowClient
     uri = tracking_uri(p)
+    os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')  # no download bars in reports
     if uri.startswith('sqlite:'): Path(uri[len('sqlite:///'):]).parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger('mlflow.store.db.utils').setLevel(logging.WARNING)
     logging.getLogger('alembic').setLevel(logging.WARNING)
@@ -141,5 +142,7 @@ def kernel_env(p, extra:dict|None=None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ('MLFLOW_RUN_ID', 'MLFLOW_EXPERIMENT_ID', 'MLFLOW_EXPERIMENT_NAME', 'MLFLOW_PARENT_RUN_ID')}
     env['MLFLOW_TRACKING_URI'] = tracking_uri(p)
     env.setdefault('HF_HUB_OFFLINE', '1'); env.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    env.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
+    env['CRITERIA_CLS_PROGRESS'] = 'text'   # plain tqdm bars: they read well in an executed notebook's HTML
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
