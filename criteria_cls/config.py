@@ -44,6 +44,7 @@ SCHEMA = {
     'model': {
         'backbone': ('minilm-l6', str),       # alias | hub id | folder | .gguf file
         'peft': ('lora', str),                # lora | dora | qlora | none
+        'use_dora': (False, bool),            # with peft: qlora, DoRA on the 4-bit model (QDoRA)
         'r': (8, int),
         'alpha': (16, int),
         'dropout': (0.05, float),
