@@ -72,20 +72,32 @@ def test_cv_resume_and_failure(store, root):
     assert 'data:image/png;base64' in html and 'aggregate_job(' not in html   # figures embedded, code hidden
     full = summary(d)
 
-    # 2. the same CV stopped after one fold, then resumed: the same summary
-    r = cli(env, root, 'cv', '--params', 'params/smoke.yaml', *overrides(tmp, 'e2e-resume'), '--only-folds', '0', '--quiet')
+    # 2. `aggregate` on a finished CV gives the same summary again
+    r = cli(env, root, 'aggregate', '--run-id', parent.info.run_id, '--quiet')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert Path(r.stdout.split('report: ')[1].strip()).exists() and summary(d) == full
+
+    # 3. the same CV set up without running folds (as for a scheduler), fold 0 run on its own with
+    #    `criteria-cls fold`, then stopped; `--resume` runs the rest and ends with the same summary
+    r = cli(env, root, 'cv', '--params', 'params/smoke.yaml', *overrides(tmp, 'e2e-resume'), '--only-folds', '', '--quiet')
     assert r.returncode == 0, r.stderr[-3000:]
     [p2] = parent_of(client, 'e2e-resume')
-    assert p2.info.status == 'RUNNING' and '--resume' in r.stdout
-    assert not (Path(p2.data.tags['run_dir']) / 'summary.json').exists()
+    r = cli(env, root, 'fold', '--parent-run-id', p2.info.run_id, '--fold', 0, '--quiet')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)['fold'] == 0
+    r = cli(env, root, 'fold', '--parent-run-id', p2.info.run_id, '--fold', k + 3)
+    assert r.returncode == 2 and 'does not exist' in r.stderr
+    p2 = client.get_run(p2.info.run_id)
+    assert p2.info.status == 'RUNNING' and not (Path(p2.data.tags['run_dir']) / 'summary.json').exists()
     r = cli(env, root, 'cv', '--resume', p2.info.run_id, '--quiet')
     assert r.returncode == 0, r.stderr[-3000:]
+    assert 'already finished' in r.stdout
     p2 = client.get_run(p2.info.run_id)
     assert p2.info.status == 'FINISHED'
     assert len(children(client, p2)) == k
     assert summary(p2.data.tags['run_dir']) == full
 
-    # 3. a failing fold: the fold and the parent are FAILED, the message names the fold and its notebook
+    # 4. a failing fold: the fold and the parent are FAILED, the message names the fold and its notebook
     r = cli(env, root, 'cv', '--params', 'params/smoke.yaml', *overrides(tmp, 'e2e-fail'), 'model.backbone=/nonexistent/model-folder', '--quiet')
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert 'Traceback' not in r.stderr
@@ -94,25 +106,6 @@ def test_cv_resume_and_failure(store, root):
     assert p3.info.status == 'FAILED'
     [c3] = children(client, p3)
     assert c3.info.status == 'FAILED' and 'report/fold_0.ipynb' in artifacts(client, c3.info.run_id, 'report')
-
-
-def test_fold_and_aggregate_commands(store, root):
-    "A scheduler's view: start a CV without running folds, run each fold as its own command, then aggregate."
-    tmp, env, client = store
-    r = cli(env, root, 'cv', '--params', 'params/smoke.yaml', *overrides(tmp, 'e2e-sched'), '--only-folds', '', '--quiet')
-    assert r.returncode == 0, r.stderr[-3000:]
-    [parent] = parent_of(client, 'e2e-sched')
-    k = len(json.loads((Path(parent.data.tags['run_dir']) / 'folds.json').read_text())['folds'])
-    for f in range(k):
-        r = cli(env, root, 'fold', '--parent-run-id', parent.info.run_id, '--fold', f, '--quiet')
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert json.loads(r.stdout)['fold'] == f
-    r = cli(env, root, 'fold', '--parent-run-id', parent.info.run_id, '--fold', k + 3)
-    assert r.returncode == 2 and 'does not exist' in r.stderr
-    r = cli(env, root, 'aggregate', '--run-id', parent.info.run_id, '--quiet')
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert client.get_run(parent.info.run_id).info.status == 'FINISHED'
-    assert Path(r.stdout.split('report: ')[1].strip()).exists()
 
 
 def test_holdout_on_imhi(store, root, bench):
