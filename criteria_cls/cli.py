@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from .config import InputError, load_params
 
 # %% auto #0
-__all__ = ['cmd_data', 'cmd_cv', 'cmd_fold', 'cmd_aggregate', 'cmd_holdout', 'build_parser', 'main', 'console']
+__all__ = ['cmd_data', 'cmd_cv', 'cmd_fold', 'cmd_aggregate', 'cmd_holdout', 'cmd_predict', 'cmd_screen', 'cmd_register',
+           'cmd_bench_train', 'cmd_bench', 'add_inference_commands', 'build_parser', 'main', 'console']
 
 # %% ../nbs/11_cli.ipynb #0fd3afb2
 def _tokenizer(p):
@@ -70,6 +71,129 @@ def cmd_holdout(args) -> int:
     run_holdout(args.params, args.overrides, progress=not args.quiet)
     return 0
 
+# %% ../nbs/11_cli.ipynb #14b1b17c
+def _quiet_libs():
+    "No download bars or 'weights newly initialized' reports between a command and its JSON."
+    import logging, warnings
+    warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing.*')
+    os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
+    for name in ('mlflow', 'alembic'): logging.getLogger(name).setLevel(logging.ERROR)
+
+def _predictor(args):
+    from criteria_cls.predict import Predictor
+    _quiet_libs()
+    return Predictor.load(args.model, ensemble=getattr(args, 'ensemble', False))
+
+def cmd_predict(args) -> int:
+    "Score one (post, criterion) pair, or a .jsonl/.csv file of pairs into an output file."
+    if args.input or args.output:
+        if not (args.input and args.output): raise InputError('--input and --output go together (e.g. --input pairs.jsonl --output scored.jsonl)')
+        if args.post or args.criterion or args.criterion_text: raise InputError('give --post/--criterion or --input/--output, not both')
+        from criteria_cls.predict import predict_file
+        if not os.path.exists(args.input): raise InputError(f"{args.input}: input file not found")
+        pred = _predictor(args)
+        r = predict_file(pred, args.input, args.output, args.batch_size, progress=False if args.quiet else None)
+        print(f"wrote {r['rows']} rows to {r['output']} ({r['positive']} labelled 1 at threshold {r['threshold']:.2f})", file=sys.stderr)
+        return 0
+    if not args.post or not (args.criterion or args.criterion_text):
+        raise InputError('give --post TEXT and --criterion ID (or --criterion-text TEXT), or --input FILE --output FILE')
+    pred = _predictor(args)
+    row = {'post': args.post, 'criterion_id': args.criterion or 'custom', **({'criterion': args.criterion_text} if args.criterion_text else {})}
+    r = pred.predict([row], where='--post/--criterion').iloc[0]
+    print(json.dumps({'criterion_id': r.criterion_id, 'probability': float(r.probability), 'label': int(r.label), 'threshold': float(r.threshold), 'model': args.model}))
+    return 0
+
+def cmd_screen(args) -> int:
+    "Score one post (--post, or stdin) against every criterion the model knows."
+    post = args.post
+    if post is None or post == '-':
+        if sys.stdin is None or sys.stdin.isatty(): raise InputError('give the post with --post TEXT or on stdin (criteria-cls screen --model URI < post.txt)')
+        post = sys.stdin.read()
+    if not post.strip(): raise InputError('the post is empty')
+    pred = _predictor(args)
+    for r in pred.screen(post).to_dict('records'):
+        print(json.dumps({'criterion_id': r['criterion_id'], 'name': r['name'], 'probability': float(r['probability']), 'label': int(r['label']),
+                          'threshold': float(r['threshold']), 'model': args.model}))
+    return 0
+
+def cmd_register(args) -> int:
+    "Log a run's fold model(s) as an MLflow pyfunc model, register it and set the alias."
+    from criteria_cls.predict import register
+    _quiet_libs()
+    alias = None if (args.alias or '').lower() in ('', 'none') else args.alias
+    r = register(args.run_id, args.name, alias, args.ensemble, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps({k: r[k] for k in ('name', 'version', 'alias', 'uri', 'model_uri')}))
+    return 0
+
+def cmd_bench_train(args) -> int:
+    "Training speed for params: dynamic padding against padding to max_length (`criteria_cls.train.bench_train`)."
+    from criteria_cls.train import bench_train
+    from criteria_cls.data import load_table
+    if not args.params: raise InputError('bench train needs --params FILE')
+    p = load_params(args.params, args.overrides)
+    if args.threads: p.train['threads'] = args.threads
+    b = bench_train(p, load_table(p).pairs, n_pairs=args.n or 64, steps=args.steps)
+    print(json.dumps(b, indent=None if args.json else 1, default=float))
+    return 0
+
+def cmd_bench(args) -> int:
+    "Latency, throughput and screen time of a model on demo pairs (`bench train`: training speed)."
+    if args.target == 'train': return cmd_bench_train(args)
+    if not args.model: raise InputError('give --model URI (or `bench train --params FILE`)')
+    if args.overrides: raise InputError(f"unexpected arguments {' '.join(args.overrides)}: `bench --model` takes no params overrides")
+    from criteria_cls.predict import bench
+    import torch
+    if args.threads: torch.set_num_threads(args.threads)
+    pred = _predictor(args)
+    b = bench(pred, args.n or 200, args.posts, args.batch_size, log=(lambda m: None) if args.json else print)
+    if args.json: print(json.dumps(b))
+    return 0
+
+def add_inference_commands(sub):
+    "Add predict, screen, register and bench to the subcommand parsers."
+    from criteria_cls.predict import DEFAULT_NAME
+    def model_arg(sp, required=True):
+        sp.add_argument('--model', required=required, metavar='URI', help='runs:/<run_id>, models:/<name>@<alias> or a model folder')
+        sp.add_argument('--ensemble', action='store_true', help='a CV parent run: average all fold models (median threshold) instead of the best fold')
+    sp = sub.add_parser('predict', help='score (post, criterion) pairs: one on the command line, or a .jsonl/.csv file')
+    model_arg(sp)
+    sp.add_argument('--post', help='the post text')
+    sp.add_argument('--criterion', metavar='ID', help='a criterion id the model knows (e.g. A1)')
+    sp.add_argument('--criterion-text', metavar='TEXT', help='any criterion text instead of an id')
+    sp.add_argument('--input', metavar='FILE', help='.jsonl or .csv with post and criterion_id (or criterion) per row')
+    sp.add_argument('--output', metavar='FILE', help='.jsonl (or .csv) to write; written whole or not at all')
+    sp.add_argument('--batch-size', type=int, help='pairs per forward pass (default: train.eval_batch_size)')
+    sp.add_argument('--quiet', action='store_true', help='no progress bar')
+    sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser('screen', help='score one post against every criterion (post from --post or stdin)')
+    model_arg(sp)
+    sp.add_argument('--post', help="the post text ('-' or absent: read stdin)")
+    sp.set_defaults(func=cmd_screen)
+
+    sp = sub.add_parser('register', help='register a run\'s model in the MLflow Model Registry (pyfunc) and set an alias')
+    sp.add_argument('--run-id', required=True, help='a fold or holdout run, or a CV parent run (its best fold, or --ensemble)')
+    sp.add_argument('--name', default=DEFAULT_NAME, help=f'registered model name (default {DEFAULT_NAME})')
+    sp.add_argument('--alias', default='champion', help="alias for the new version (default champion; 'none' for no alias)")
+    sp.add_argument('--ensemble', action='store_true', help='a CV parent run: register all fold models as one ensemble')
+    sp.set_defaults(func=cmd_register)
+
+    sp = sub.add_parser('bench', help='inference latency, throughput and screen time on demo pairs (bench train: training speed)')
+    sp.add_argument('target', nargs='?', choices=['train'], help='train: benchmark training instead (with --params)')
+    model_arg(sp, required=False)
+    sp.add_argument('--params', help='bench train: params YAML file')
+    sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='bench train: params overrides')
+    sp.add_argument('--n', type=int, help='demo pairs for latency and throughput (default 200; bench train: pairs, default 64)')
+    sp.add_argument('--steps', type=int, default=4, help='bench train: timed optimizer steps per setting')
+    sp.add_argument('--posts', type=int, default=10, help='posts to screen (default 10)')
+    sp.add_argument('--batch-size', type=int, help='batch size for throughput (default: train.eval_batch_size)')
+    sp.add_argument('--threads', type=int, help='torch threads')
+    sp.add_argument('--json', action='store_true', help='print the results as JSON')
+    sp.set_defaults(func=cmd_bench)
+
 # %% ../nbs/11_cli.ipynb #7cd363bb
 def _params_args(sp):
     sp.add_argument('--params', required=True, help='params YAML file (see params/)')
@@ -110,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     _params_args(sp)
     sp.add_argument('--quiet', action='store_true')
     sp.set_defaults(func=cmd_holdout)
+    add_inference_commands(sub)
     return ap
 
 def main(argv=None) -> int:

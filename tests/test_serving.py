@@ -1,0 +1,112 @@
+"`mlflow models serve` on a registered criteria-cls model: answers equal `Predictor`'s, bad requests get a 4xx with a message."
+import json, os, shutil, signal, socket, subprocess, sys, time, urllib.error, urllib.request
+from pathlib import Path
+import numpy as np
+import pytest
+
+NAME = 'serve-test-criteria-cls'
+MLFLOW = shutil.which('mlflow', path=str(Path(sys.executable).parent)) or 'mlflow'
+PAIRS = [{'post': 'I lie awake until 4am every night and sleep through my alarms.', 'criterion_id': 'A4'},
+         {'post': 'Great leg day today, new squat record!', 'criterion_id': 'A6'},
+         {'post': 'Everything is my fault, I ruin whatever I touch.', 'criterion_id': 'own', 'criterion': 'The person blames themselves.'}]
+
+
+@pytest.fixture(scope='module')
+def registered(tmp_path_factory):
+    "A tiny trained fold logged as a fold run in a fresh sqlite store and registered as NAME@champion."
+    from criteria_cls.config import load_params
+    from criteria_cls import tracking as T
+    from criteria_cls.predict import demo_fold_model, register, Predictor
+    tmp = tmp_path_factory.mktemp('serving')
+    uri = f'sqlite:///{tmp}/mlflow.db'
+    old = os.environ.get('MLFLOW_TRACKING_URI')
+    os.environ['MLFLOW_TRACKING_URI'] = uri
+    try:
+        folder = demo_fold_model(tmp / 'fold_0')
+        p = load_params(None); p['_root'] = str(tmp)
+        client = T.get_client(p)
+        exp = T.ensure_experiment(client, 'serving-test', T.artifact_location(p))
+        rid = T.start_run(client, exp, 'fold_0', tags={'kind': 'fold', 'fold': 0})
+        T.log_artifact(client, rid, folder, 'model')
+        T.log_metrics(client, rid, {'test_f1': 0.5})
+        T.end_run(client, rid)
+        register(rid, NAME, 'champion', log=lambda m: None)
+        yield {'uri': uri, 'tmp': tmp, 'predictor': Predictor.load(f'models:/{NAME}@champion')}
+    finally:
+        if old is None: os.environ.pop('MLFLOW_TRACKING_URI', None)
+        else: os.environ['MLFLOW_TRACKING_URI'] = old
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def post(url, body, timeout=120):
+    "POST JSON; returns (status, parsed body)."
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={'Content-Type': 'application/json'})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b'{}')
+
+
+def wait_ready(proc, base, limit=150):
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if proc.poll() is not None:
+            raise AssertionError(f'server exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}')
+        try:
+            with urllib.request.urlopen(base + '/ping', timeout=2) as r:
+                if r.status == 200: return
+        except Exception: time.sleep(1)
+    raise AssertionError(f'server not ready after {limit} s')
+
+
+def test_serve_invocations(registered):
+    port = free_port()
+    base = f'http://127.0.0.1:{port}'
+    env = {**os.environ, 'MLFLOW_TRACKING_URI': registered['uri'], 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1',
+           'TOKENIZERS_PARALLELISM': 'false', 'NO_PROXY': '127.0.0.1,localhost',
+           'PATH': os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')])}  # mlflow execs `uvicorn` from PATH
+    proc = subprocess.Popen([MLFLOW, 'models', 'serve', '-m', f'models:/{NAME}@champion', '--env-manager', 'local',
+                             '-h', '127.0.0.1', '-p', str(port), '-w', '1'],
+                            env=env, cwd=registered['tmp'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_ready(proc, base)
+        url = base + '/invocations'
+        # good rows: by criterion id and by criterion text, in two request formats
+        want = registered['predictor'].predict(PAIRS)
+        for body in ({'dataframe_records': PAIRS},
+                     {'dataframe_split': {'columns': ['post', 'criterion_id', 'criterion'], 'data': [[r['post'], r['criterion_id'], r.get('criterion')] for r in PAIRS]}}):
+            status, got = post(url, body)
+            assert status == 200, got
+            rows = got['predictions']
+            assert [r['criterion_id'] for r in rows] == ['A4', 'A6', 'own']
+            np.testing.assert_allclose([r['probability'] for r in rows], want.probability.values, atol=1e-6)
+            assert [r['label'] for r in rows] == want.label.tolist()
+            assert all(r['threshold'] == registered['predictor'].threshold for r in rows)
+        # a missing column
+        status, got = post(url, {'dataframe_records': [{'criterion_id': 'A1'}]})
+        assert 400 <= status < 500, (status, got)
+        assert 'post' in got.get('message', ''), got
+        # an unknown criterion id: the message names it and the known ids
+        status, got = post(url, {'dataframe_records': [{'post': 'I feel low.', 'criterion_id': 'Z9'}]})
+        assert 400 <= status < 500, (status, got)
+        assert "unknown criterion_id 'Z9'" in got.get('message', '') and 'A1, A2' in got['message'], got
+        # an empty post
+        status, got = post(url, {'dataframe_records': [{'post': '', 'criterion_id': 'A1'}]})
+        assert 400 <= status < 500 and "missing or empty 'post'" in got.get('message', ''), (status, got)
+        # not JSON at all
+        req = urllib.request.Request(url, data=b'post=hello', headers={'Content-Type': 'application/json'})
+        with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(req, timeout=60)
+        assert 400 <= e.value.code < 500
+        # the server is still healthy after the errors
+        status, got = post(url, {'dataframe_records': PAIRS[:1]})
+        assert status == 200 and len(got['predictions']) == 1
+    finally:
+        try: os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError: pass
+        try: proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL); proc.wait(timeout=10)
