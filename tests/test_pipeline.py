@@ -111,7 +111,7 @@ def test_cv_resume_and_failure(store, root):
 def test_holdout_on_imhi(store, root, bench):
     tmp, env, client = store
     r = cli(env, root, 'holdout', '--params', 'params/smoke.yaml', *overrides(tmp, 'e2e-holdout'), 'data.format=imhi',
-            f'data.path={bench}/imhi_irf/val.csv', f'data.test_path={bench}/imhi_irf/test.csv', '--quiet')
+            f'data.path={bench}/imhi_irf/val.csv', f'data.test_path={bench}/imhi_irf/test.csv', 'data.criteria_ids=null', '--quiet')
     assert r.returncode == 0, r.stderr[-3000:]
     exp = client.get_experiment_by_name('e2e-holdout')
     [run] = client.search_runs([exp.experiment_id])
