@@ -50,6 +50,7 @@ SCHEMA = {
         'dropout': (0.05, float),
         'target_modules': (None, (list, str, type(None))),  # default: chosen per architecture
         'dtype': ('auto', str),               # auto | float32 | bfloat16 | float16
+        'top_layers': (None, _opt_int),       # adapt only the top N transformer layers (backward stops below them)
         'gradient_checkpointing': (False, bool),
         'cache_dir': (None, _opt_str),        # where converted GGUF models are cached
     },
@@ -76,6 +77,7 @@ SCHEMA = {
         'max_grad_norm': (1.0, float),
         'max_steps': (None, _opt_int),        # stop after this many optimizer steps (smoke tests, benches)
         'max_train_pairs': (None, _opt_int),  # subsample training pairs (smoke tests)
+        'neg_per_pos': (None, (int, float, type(None))),  # per epoch: every positive + this many negatives per positive, drawn afresh
         'threads': (None, _opt_int),          # torch threads (default: torch's choice)
         'deterministic': (True, bool),
     },
@@ -231,6 +233,10 @@ def _validate_values(p):
         pass  # allowed: criterion first; prefix reuse for decoders then does not apply
     if isinstance(p.train.class_weight, str) and p.train.class_weight not in ('none', 'balanced'):
         raise InputError(f"train.class_weight must be none, balanced or a number, found '{p.train.class_weight}'")
+    if p.train.neg_per_pos is not None and (isinstance(p.train.neg_per_pos, bool) or p.train.neg_per_pos <= 0):
+        raise InputError(f"train.neg_per_pos must be a positive number (or null for every negative), found {p.train.neg_per_pos}")
+    if p.model.top_layers is not None and p.model.top_layers < 1:
+        raise InputError(f"model.top_layers must be at least 1 (or null for every layer), found {p.model.top_layers}")
 
 # %% ../nbs/00_config.ipynb #280793cf
 def project_root(params_path=None) -> Path:

@@ -167,13 +167,24 @@ def _quantization(p, cuda:bool):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
+def _n_layers(model) -> int:
+    n = getattr(model.config, 'num_hidden_layers', None)
+    if not n: raise InputError(f"model.top_layers: {type(model).__name__} has no config.num_hidden_layers; use model.target_modules with a regex instead")
+    return n
+
 def peft_config(p, model):
     "The PEFT `LoraConfig` for params `p` (lora, dora, qlora) on `model`; head trained and saved with the adapter."
     from peft import LoraConfig, TaskType
     dora = p.model.peft == 'dora' or (p.model.peft == 'qlora' and bool(p.model.use_dora))
+    save, layers = [head_name(model)], None
+    if p.model.top_layers:
+        n = _n_layers(model)
+        layers = list(range(max(0, n - p.model.top_layers), n))
+        # the pooler (BERT) sits above every layer: train it with the head
+        if any(k.endswith('.pooler') or k == 'pooler' for k, _ in model.named_modules()): save.append('pooler')
     return LoraConfig(task_type=TaskType.SEQ_CLS, r=p.model.r, lora_alpha=p.model.alpha, lora_dropout=p.model.dropout,
                       target_modules=target_modules(model.config.model_type, p.model.target_modules),
-                      modules_to_save=[head_name(model)], use_dora=dora)
+                      layers_to_transform=layers, modules_to_save=save, use_dora=dora)
 
 # %% ../nbs/04_model.ipynb #7df3aae8
 def load_tokenizer(p, bb:Backbone|None=None):

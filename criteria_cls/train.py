@@ -14,7 +14,7 @@ from .metrics import best_threshold, binary_metrics
 
 # %% auto #0
 __all__ = ['CRITERION_COLUMN', 'pair_inputs', 'length_grouped_batches', 'resolve_precision', 'autocast', 'class_weights',
-           'predict_proba', 'train_step', 'FoldResult', 'train_fold', 'bench_train']
+           'epoch_indices', 'predict_proba', 'train_step', 'FoldResult', 'train_fold', 'bench_train']
 
 # %% ../nbs/05_train.ipynb #c16e267a
 CRITERION_COLUMN = {'description': 'description', 'name': 'name', 'id': 'criterion_id'}
@@ -73,6 +73,19 @@ def class_weights(labels, spec='balanced'):
     labels = np.asarray(labels); n = len(labels)
     counts = np.array([(labels == 0).sum(), (labels == 1).sum()])
     return torch.tensor([n / (2 * c) if c else 1.0 for c in counts], dtype=torch.float32)
+
+# %% ../nbs/05_train.ipynb #a7b9d887
+def epoch_indices(labels,                 # 0/1 label of each training pair
+                  neg_per_pos=None,       # negatives per positive; None: every pair
+                  seed:int=0,             # the epoch's seed
+                 ) -> np.ndarray:
+    "Sorted indices of the pairs one epoch trains on."
+    labels = np.asarray(labels).astype(int)
+    if not neg_per_pos: return np.arange(len(labels))
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    k = min(len(neg), math.ceil(neg_per_pos * max(len(pos), 1)))
+    take = np.random.default_rng(seed).choice(neg, size=k, replace=False)
+    return np.sort(np.concatenate([pos, take]))
 
 # %% ../nbs/05_train.ipynb #37e22ff8
 def _device(model):
@@ -219,12 +232,12 @@ def train_fold(p,                              # resolved params
     dv_enc = pair_inputs(encoder, dev_pairs, p.prompt.criterion_text)
     y_tr = train_pairs.label.astype(int).to_numpy(); y_dv = dev_pairs.label.astype(int).to_numpy()
     lengths = [len(e['input_ids']) for e in tr_enc]
-    weights = class_weights(y_tr, T.class_weight)
+    weights = class_weights(y_tr[epoch_indices(y_tr, T.neg_per_pos, p.seed)], T.class_weight)
 
     params = [w for w in model.parameters() if w.requires_grad]
     names = [n for n, w in model.named_parameters() if w.requires_grad]
     opt = torch.optim.AdamW(params, lr=T.lr, weight_decay=T.weight_decay)
-    steps_per_epoch = math.ceil(len(tr_enc) / T.effective_batch_size)
+    steps_per_epoch = math.ceil(len(epoch_indices(y_tr, T.neg_per_pos, p.seed)) / T.effective_batch_size)
     total_steps = T.epochs * steps_per_epoch
     if T.max_steps: total_steps = min(total_steps, T.max_steps)
     sched = get_linear_schedule_with_warmup(opt, int(T.warmup_ratio * total_steps), total_steps)
@@ -235,7 +248,9 @@ def train_fold(p,                              # resolved params
     train_s = dev_s = 0.0; n_trained = 0
     for epoch in range(1, T.epochs + 1):
         model.train(); te = time.perf_counter()
-        groups = length_grouped_batches(lengths, T.effective_batch_size, seed=p.seed + epoch, grouped=T.length_grouped)
+        idx = epoch_indices(y_tr, T.neg_per_pos, p.seed + epoch)
+        groups = [[int(idx[j]) for j in g] for g in
+                  length_grouped_batches([lengths[i] for i in idx], T.effective_batch_size, seed=p.seed + epoch, grouped=T.length_grouped)]
         if T.max_steps: groups = groups[:max(0, T.max_steps - step)]
         bar = tqdm(total=len(groups), desc=f"epoch {epoch}/{T.epochs}", disable=not progress, leave=True, unit='step')
         losses = []
@@ -254,7 +269,7 @@ def train_fold(p,                              # resolved params
         dev_s += time.perf_counter() - td
         thr = best_threshold(y_dv, prob, p.metrics.threshold_step)
         m = binary_metrics(y_dv, prob, thr); f1 = m['f1']
-        rec = {'epoch': epoch, 'steps': step, 'train_loss': float(np.mean(losses)) if losses else float('nan'),
+        rec = {'epoch': epoch, 'steps': step, 'train_pairs': sum(len(g) for g in groups), 'train_loss': float(np.mean(losses)) if losses else float('nan'),
                'dev_loss': _log_loss(y_dv, prob), 'dev_f1': f1, 'dev_threshold': thr, 'dev_f1_at_05': binary_metrics(y_dv, prob, 0.5)['f1'],
                **{f'dev_{k}': m[k] for k in ('precision', 'recall', 'roc_auc', 'pr_auc')}, 'micro_batch': state.micro}
         history.append(rec)
