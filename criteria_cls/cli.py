@@ -239,7 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     "Entry point of `criteria-cls`: exit 0 on success, 2 on bad input (message, no traceback)."
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    # `section.key=value` overrides may follow options (`bench train --params F train.lr=1e-4`), where
+    # argparse has already closed the positionals: collect them here, refuse anything else
+    bad = [x for x in extra if '=' not in x or x.startswith('-')]
+    if extra and (bad or not hasattr(args, 'overrides')): ap.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra: args.overrides = list(args.overrides or []) + extra
     try: return args.func(args) or 0
     except InputError as e:
         print(f'criteria-cls {args.command}: error: {e}', file=sys.stderr)
