@@ -8,8 +8,8 @@ import numpy as np, pandas as pd
 from sklearn import metrics as skm
 
 # %% auto #0
-__all__ = ['binary_metrics', 'threshold_sweep', 'best_threshold', 'tuned_metrics', 'criterion_table', 'bootstrap_ci', 'curves',
-           'tfidf_baseline']
+__all__ = ['binary_metrics', 'threshold_sweep', 'best_threshold', 'tuned_metrics', 'criterion_table', 'fast_score',
+           'bootstrap_ci', 'curves', 'tfidf_baseline']
 
 # %% ../nbs/06_metrics.ipynb #d907a32f
 def binary_metrics(y,                 # gold labels, 0/1
@@ -72,6 +72,32 @@ def criterion_table(pred:pd.DataFrame, threshold:float=0.5) -> pd.DataFrame:
     return out
 
 # %% ../nbs/06_metrics.ipynb #5e99f327
+def _f1(tp, fp, fn): return 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0
+
+def fast_score(metric:str, y:np.ndarray, prob:np.ndarray, th) -> float:
+    "One metric of `binary_metrics` with numpy only (for the bootstrap); NaN for AUCs with one class."
+    y = y.astype(bool)
+    if metric in ('roc_auc', 'pr_auc'):
+        n_pos = int(y.sum())
+        if n_pos == 0 or n_pos == len(y): return np.nan
+        if metric == 'roc_auc':
+            from scipy.stats import rankdata
+            r = rankdata(prob)
+            return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos)))
+        o = np.argsort(-prob, kind='mergesort'); ys, ps = y[o], prob[o]
+        last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]   # the last index of each distinct score
+        tps = np.cumsum(ys)[last]; prec = tps / (last + 1); rec = tps / n_pos
+        return float(np.sum(np.diff(np.r_[0, rec]) * prec))
+    p = prob >= th
+    tp, fp = int((p & y).sum()), int((p & ~y).sum()); fn, tn = int((~p & y).sum()), int((~p & ~y).sum())
+    if metric == 'f1': return _f1(tp, fp, fn)
+    if metric == 'precision': return tp / (tp + fp) if tp + fp else 0.0
+    if metric == 'recall': return tp / (tp + fn) if tp + fn else 0.0
+    if metric == 'accuracy': return (tp + tn) / len(y)
+    if metric == 'weighted_f1': return (_f1(tp, fp, fn) * (tp + fn) + _f1(tn, fn, fp) * (tn + fp)) / len(y)
+    raise ValueError(f"unknown metric {metric!r}")
+
+# %% ../nbs/06_metrics.ipynb #b3c376df
 def bootstrap_ci(pred:pd.DataFrame,          # prediction table with post_id, label, prob (and threshold)
                  metric='f1',                # a key of `binary_metrics`, or fn(label, prob, threshold) -> float
                  threshold:float=0.5,
@@ -89,15 +115,7 @@ def bootstrap_ci(pred:pd.DataFrame,          # prediction table with post_id, la
     th = pred['threshold'].to_numpy(dtype=float) if 'threshold' in pred else np.full(len(pred), threshold)
     def score(idx):
         if callable(metric): return metric(y[idx], pr[idx], th[idx])
-        if metric in ('roc_auc', 'pr_auc'):
-            if len(np.unique(y[idx])) < 2: return np.nan
-            return (skm.roc_auc_score if metric == 'roc_auc' else skm.average_precision_score)(y[idx], pr[idx])
-        p = (pr[idx] >= th[idx]).astype(int)
-        f = {'f1': skm.f1_score, 'precision': skm.precision_score, 'recall': skm.recall_score}.get(metric)
-        if f: return f(y[idx], p, zero_division=0)
-        if metric == 'accuracy': return skm.accuracy_score(y[idx], p)
-        if metric == 'weighted_f1': return skm.f1_score(y[idx], p, average='weighted', zero_division=0)
-        raise ValueError(f"unknown metric {metric!r}")
+        return fast_score(metric, y[idx], pr[idx], th[idx])
     point = score(np.arange(len(pred)))
     stats = []
     for _ in range(n):
