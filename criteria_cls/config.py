@@ -83,6 +83,7 @@ SCHEMA = {
     },
     'metrics': {
         'threshold_step': (0.01, float),
+        'select': ('f1', str),                # what early stopping and the dev threshold maximise: f1 | weighted_f1
         'bootstrap': (1000, int),
     },
     'tracking': {
@@ -217,6 +218,7 @@ CHOICES = {
     ('prompt', 'truncation'): ('head', 'tail', 'head_tail'),
     ('prompt', 'criterion_text'): ('description', 'name', 'id'),
     ('train', 'mixed_precision'): ('auto', 'bf16', 'fp16', 'no'),
+    ('metrics', 'select'): ('f1', 'weighted_f1'),
 }
 
 def _validate_values(p):

@@ -8,8 +8,8 @@ import numpy as np, pandas as pd
 from sklearn import metrics as skm
 
 # %% auto #0
-__all__ = ['binary_metrics', 'threshold_sweep', 'best_threshold', 'tuned_metrics', 'criterion_table', 'fast_score',
-           'bootstrap_ci', 'curves', 'tfidf_baseline']
+__all__ = ['SELECT_METRICS', 'binary_metrics', 'threshold_sweep', 'best_threshold', 'tuned_metrics', 'criterion_table',
+           'fast_score', 'bootstrap_ci', 'curves', 'tfidf_baseline']
 
 # %% ../nbs/06_metrics.ipynb #d907a32f
 def binary_metrics(y,                 # gold labels, 0/1
@@ -41,22 +41,30 @@ def threshold_sweep(y, prob, step:float=0.01) -> pd.DataFrame:
     ts = np.round(np.arange(0, 1 + step/2, step), 6)
     pred = prob[None, :] >= ts[:, None]
     tp = (pred & (y == 1)).sum(1); fp = (pred & (y == 0)).sum(1); fn = ((~pred) & (y == 1)).sum(1)
+    tn = len(y) - tp - fp - fn
     with np.errstate(divide='ignore', invalid='ignore'):
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
         f1 = np.where(2*tp + fp + fn > 0, 2*tp / (2*tp + fp + fn), 0.0)
-    return pd.DataFrame({'threshold': ts, 'precision': precision, 'recall': recall, 'f1': f1})
+        f1_neg = np.where(2*tn + fp + fn > 0, 2*tn / (2*tn + fp + fn), 0.0)
+    weighted = (f1 * (tp + fn) + f1_neg * (tn + fp)) / max(len(y), 1)
+    return pd.DataFrame({'threshold': ts, 'precision': precision, 'recall': recall, 'f1': f1, 'weighted_f1': weighted})
 
-def best_threshold(y, prob, step:float=0.01) -> float:
-    "The threshold with the highest F1 on (y, prob); ties go to the one closest to 0.5."
+SELECT_METRICS = ('f1', 'weighted_f1')
+
+def best_threshold(y, prob, step:float=0.01,
+                   metric:str='f1',   # f1 (of the positive class) | weighted_f1 (support-weighted over both classes)
+                  ) -> float:
+    "The threshold with the highest `metric` on (y, prob); ties go to the one closest to 0.5."
+    if metric not in SELECT_METRICS: raise ValueError(f"threshold metric must be one of {SELECT_METRICS}, not {metric!r}")
     s = threshold_sweep(y, prob, step)
-    best = s[np.isclose(s.f1, s.f1.max())]
+    best = s[np.isclose(s[metric], s[metric].max())]
     return float(best.threshold.iloc[np.argmin(np.abs(best.threshold - 0.5))])
 
 # %% ../nbs/06_metrics.ipynb #d5f37d2c
-def tuned_metrics(dev:pd.DataFrame, test:pd.DataFrame, step:float=0.01) -> dict:
-    "Threshold tuned on `dev` (columns label, prob), metrics on `test` at that threshold."
-    th = best_threshold(dev.label, dev.prob, step)
+def tuned_metrics(dev:pd.DataFrame, test:pd.DataFrame, step:float=0.01, metric:str='f1') -> dict:
+    "Threshold tuned on `dev` (columns label, prob) for `metric`, metrics on `test` at that threshold."
+    th = best_threshold(dev.label, dev.prob, step, metric)
     return binary_metrics(test.label, test.prob, th)
 
 # %% ../nbs/06_metrics.ipynb #2a73a386
@@ -138,6 +146,7 @@ def tfidf_baseline(table,              # a `PairTable`
                    folds:list,         # fold dicts with train/dev/test post ids (`make_folds`)
                    step:float=0.01,
                    C:float=4.0,        # inverse regularisation of the logistic regressions
+                   metric:str='f1',    # what the dev threshold maximises (f1 | weighted_f1)
                   ) -> pd.DataFrame:
     "Out-of-fold predictions (post_id, criterion_id, label, prob, threshold, fold) of TF-IDF + logistic regression."
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -156,7 +165,7 @@ def tfidf_baseline(table,              # a `PairTable`
                 lr = LogisticRegression(C=C, class_weight='balanced', max_iter=2000).fit(Xtr[keep], ytr[keep])
                 p_dv, p_te = lr.predict_proba(Xdv)[:, 1], lr.predict_proba(Xte)[:, 1]
             mdv = ydv >= 0
-            th = best_threshold(ydv[mdv], p_dv[mdv], step) if mdv.any() else 0.5
+            th = best_threshold(ydv[mdv], p_dv[mdv], step, metric) if mdv.any() else 0.5
             mte = yte >= 0
             out.append(pd.DataFrame({'post_id': np.asarray(f['test'])[mte], 'criterion_id': c, 'label': yte[mte],
                                      'prob': p_te[mte], 'threshold': th, 'fold': f['fold']}))

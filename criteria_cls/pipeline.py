@@ -313,7 +313,7 @@ def aggregate_job(parent_id:str, output_dir:str|Path|None=None) -> Aggregate:
     B = p.metrics.bootstrap
     ci = {a: bootstrap_ci(preds, a, n=B, seed=p.seed) for a in ('f1', 'precision', 'recall', 'roc_auc', 'pr_auc')}
     table = load_table(p)
-    base = tfidf_baseline(table, cv.folds['folds'], p.metrics.threshold_step)
+    base = tfidf_baseline(table, cv.folds['folds'], p.metrics.threshold_step, metric=p.metrics.select)
     base_ci = bootstrap_ci(base, 'f1', n=B, seed=p.seed)
     names = dict(zip(table.criteria.criterion_id, table.criteria.name))
     r4 = lambda v: None if v is None or (isinstance(v, float) and not np.isfinite(v)) else round(float(v), 4)

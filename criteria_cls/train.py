@@ -210,7 +210,7 @@ def train_fold(p,                              # resolved params
                on_micro_batch=None,            # called with each micro-batch's size before its forward pass
                progress:bool=True,             # tqdm bars, one per epoch
               ) -> FoldResult:
-    "Train one fold with early stopping on dev F1; tune the threshold on dev; score test at the end."
+    "Train one fold with early stopping on dev F1 (`metrics.select`); tune the threshold on dev; score test at the end."
     import torch
     from transformers import get_linear_schedule_with_warmup
     tqdm = _progress()
@@ -267,15 +267,16 @@ def train_fold(p,                              # resolved params
         td = time.perf_counter()
         prob = predict_proba(model, encoder, None, T.eval_batch_size, precision=precision, encodings=dv_enc)
         dev_s += time.perf_counter() - td
-        thr = best_threshold(y_dv, prob, p.metrics.threshold_step)
-        m = binary_metrics(y_dv, prob, thr); f1 = m['f1']
+        sel = p.metrics.select
+        thr = best_threshold(y_dv, prob, p.metrics.threshold_step, sel)
+        m = binary_metrics(y_dv, prob, thr); score = m[sel]
         rec = {'epoch': epoch, 'steps': step, 'train_pairs': sum(len(g) for g in groups), 'train_loss': float(np.mean(losses)) if losses else float('nan'),
-               'dev_loss': _log_loss(y_dv, prob), 'dev_f1': f1, 'dev_threshold': thr, 'dev_f1_at_05': binary_metrics(y_dv, prob, 0.5)['f1'],
-               **{f'dev_{k}': m[k] for k in ('precision', 'recall', 'roc_auc', 'pr_auc')}, 'micro_batch': state.micro}
+               'dev_loss': _log_loss(y_dv, prob), 'dev_f1': m['f1'], 'dev_threshold': thr, 'dev_f1_at_05': binary_metrics(y_dv, prob, 0.5)['f1'],
+               **{f'dev_{k}': m[k] for k in ('weighted_f1', 'precision', 'recall', 'roc_auc', 'pr_auc')}, 'micro_batch': state.micro}
         history.append(rec)
-        bar.set_postfix(loss=f"{rec['train_loss']:.4f}", dev_f1=f"{f1:.3f}", thr=thr); bar.close()
-        if f1 > best_f1:
-            best_f1, bad = f1, 0
+        bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **{f'dev_{sel}': f"{score:.3f}"}, thr=thr); bar.close()
+        if score > best_f1:
+            best_f1, bad = score, 0
             best = {'epoch': epoch, 'threshold': thr, 'prob': prob,
                     'state': {n: w.detach().clone() for n, w in zip(names, params)}}
         else: bad += 1
