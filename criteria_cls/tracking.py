@@ -144,5 +144,7 @@ def kernel_env(p, extra:dict|None=None) -> dict:
     env.setdefault('HF_HUB_OFFLINE', '1'); env.setdefault('TOKENIZERS_PARALLELISM', 'false')
     env.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
     env['CRITERIA_CLS_PROGRESS'] = 'text'   # plain tqdm bars: they read well in an executed notebook's HTML
+    # tqdm.auto warns "IProgress not found" in a kernel without ipywidgets; the reports need no widgets
+    env['PYTHONWARNINGS'] = ','.join(w for w in (env.get('PYTHONWARNINGS'), 'ignore:IProgress not found') if w)
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
