@@ -185,7 +185,7 @@ def fold_job(run_id:str, output_dir:str|Path|None=None) -> FoldOutcome:
     save_fold_model(model_dir, result.model, result.tokenizer, p, result.threshold,
                     {'fold': k, 'run_id': run_id, 'best_epoch': result.best_epoch, 'test_f1': m['f1']})
     from criteria_cls.predict import ensure_criteria
-    ensure_criteria(model_dir, p)   # the folder carries its criteria texts: predict/register need no data
+    ensure_criteria(model_dir, p, table.criteria)   # the folder carries its criteria texts: predict/register need no data
     T.log_artifact(client, run_id, model_dir, 'model')
     names = dict(zip(table.criteria.criterion_id, table.criteria.name))
     return FoldOutcome(run_id, k, p, result, m, criterion_table(test), names, out)

@@ -45,10 +45,10 @@ def params_criteria(p) -> pd.DataFrame:
     if p.data.criteria_ids: crit = crit[crit.criterion_id.isin(list(p.data.criteria_ids))].reset_index(drop=True)
     return crit
 
-def ensure_criteria(folder, p) -> Path:
-    "Make sure the model folder carries `criteria.yaml`; returns its path."
+def ensure_criteria(folder, p, criteria:pd.DataFrame|None=None) -> Path:
+    "Make sure the model folder carries `criteria.yaml` (`criteria`: the table when the caller has it loaded); returns its path."
     f = Path(folder) / CRITERIA_FILE
-    if not f.exists(): write_criteria(params_criteria(p), f)
+    if not f.exists(): write_criteria(params_criteria(p) if criteria is None else criteria, f)
     return f
 
 def model_criteria(folder, p) -> pd.DataFrame:

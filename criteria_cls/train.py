@@ -232,12 +232,13 @@ def train_fold(p,                              # resolved params
     dv_enc = pair_inputs(encoder, dev_pairs, p.prompt.criterion_text)
     y_tr = train_pairs.label.astype(int).to_numpy(); y_dv = dev_pairs.label.astype(int).to_numpy()
     lengths = [len(e['input_ids']) for e in tr_enc]
-    weights = class_weights(y_tr[epoch_indices(y_tr, T.neg_per_pos, p.seed)], T.class_weight)
+    first = epoch_indices(y_tr, T.neg_per_pos, p.seed)   # every epoch has this size and class composition
+    weights = class_weights(y_tr[first], T.class_weight)
 
     params = [w for w in model.parameters() if w.requires_grad]
     names = [n for n, w in model.named_parameters() if w.requires_grad]
     opt = torch.optim.AdamW(params, lr=T.lr, weight_decay=T.weight_decay)
-    steps_per_epoch = math.ceil(len(epoch_indices(y_tr, T.neg_per_pos, p.seed)) / T.effective_batch_size)
+    steps_per_epoch = math.ceil(len(first) / T.effective_batch_size)
     total_steps = T.epochs * steps_per_epoch
     if T.max_steps: total_steps = min(total_steps, T.max_steps)
     sched = get_linear_schedule_with_warmup(opt, int(T.warmup_ratio * total_steps), total_steps)
