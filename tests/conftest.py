@@ -1,5 +1,5 @@
-"Shared fixtures: offline Hugging Face, the project root, the read-only benchmarks in ../shared."
-import os
+"Shared fixtures: offline Hugging Face, the project root, the read-only benchmarks in ../shared, one smoke CV per test run."
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -9,6 +9,7 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / 'shared' / 'benchmarks'
+EXE = shutil.which('criteria-cls', path=str(Path(sys.executable).parent)) or 'criteria-cls'
 
 
 @pytest.fixture
@@ -17,5 +18,41 @@ def root(): return ROOT
 
 @pytest.fixture
 def bench():
-    if not BENCH.exists(): pytest.skip(f'real benchmark data not present at {BENCH} (see ../shared/benchmarks/README.md)')
+    "The real benchmark data in ../shared/benchmarks (the test is skipped, with this reason, where it is absent)."
+    if not BENCH.exists(): pytest.skip(f'needs ../shared/benchmarks: real benchmark data not present at {BENCH}')
     return BENCH
+
+
+def store_env(tmp:Path) -> dict:
+    "The environment of a `criteria-cls` subprocess whose MLflow store is a fresh sqlite file in `tmp`."
+    env = {**os.environ, 'MLFLOW_TRACKING_URI': f'sqlite:///{tmp}/mlflow.db', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
+    env.pop('MLFLOW_RUN_ID', None)
+    return env
+
+
+def run_cli(env, *args, cwd=ROOT, input=None, timeout=1200):
+    "Run `criteria-cls` as a user does: a subprocess; returns the CompletedProcess."
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, input=input, timeout=timeout)
+
+
+def smoke_overrides(tmp:Path, experiment:str) -> list:
+    "Overrides that keep a smoke run's experiment, reports and artifacts inside `tmp`."
+    return [f'experiment={experiment}', f'report.dir={tmp}/reports', f'tracking.artifact_location={tmp}/mlruns']
+
+
+@pytest.fixture(scope='session')
+def smoke_cv(tmp_path_factory):
+    "One real `criteria-cls cv --params params/smoke.yaml` for the whole test run, in a fresh store."
+    from mlflow import MlflowClient
+    tmp = tmp_path_factory.mktemp('smoke_cv')
+    env = store_env(tmp)
+    env['MLFLOW_RUN_ID'] = 'inherited-and-must-not-leak'
+    r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *smoke_overrides(tmp, 'e2e'), '--quiet')
+    assert r.returncode == 0, r.stderr[-3000:]
+    env.pop('MLFLOW_RUN_ID')
+    client = MlflowClient(env['MLFLOW_TRACKING_URI'])
+    exp = client.get_experiment_by_name('e2e')
+    [parent] = client.search_runs([exp.experiment_id], filter_string="tags.kind = 'cv'")
+    d = Path(parent.data.tags['run_dir'])
+    return {'tmp': tmp, 'env': env, 'client': client, 'parent': parent, 'dir': d, 'stdout': r.stdout,
+            'summary': json.loads((d / 'summary.json').read_text())}

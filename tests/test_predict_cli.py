@@ -1,37 +1,27 @@
 "`criteria-cls predict | screen | register | bench`, run as a user runs them: subprocesses, stdout, stderr, exit status."
-import json, os, shutil, subprocess, sys
-from pathlib import Path
-import numpy as np
+import json
+import numpy as np, pandas as pd
 import pytest
-
-EXE = shutil.which('criteria-cls', path=str(Path(sys.executable).parent)) or 'criteria-cls'
+from conftest import run_cli
 POST = 'I lie awake until 4am every night, then sleep through my alarms and feel exhausted.'
 
 
 @pytest.fixture(scope='module')
-def model(tmp_path_factory):
-    "A tiny trained fold: its folder, a fold run holding it in a fresh sqlite store, and the store's env."
-    from criteria_cls.config import load_params
-    from criteria_cls import tracking as T
-    from criteria_cls.predict import demo_fold_model, Predictor
-    tmp = tmp_path_factory.mktemp('predict_cli')
-    uri = f'sqlite:///{tmp}/mlflow.db'
-    folder = demo_fold_model(tmp / 'fold_0')
-    p = load_params(None, [f'tracking.uri={uri}']); p['_root'] = str(tmp)
-    old = os.environ.pop('MLFLOW_TRACKING_URI', None)
-    try:
-        client = T.get_client(p)
-        exp = T.ensure_experiment(client, 'cli-test', T.artifact_location(p))
-        rid = T.start_run(client, exp, 'fold_0', tags={'kind': 'fold', 'fold': 0})
-        T.log_artifact(client, rid, folder, 'model'); T.log_metrics(client, rid, {'test_f1': 0.5}); T.end_run(client, rid)
-    finally:
-        if old is not None: os.environ['MLFLOW_TRACKING_URI'] = old
-    env = {**os.environ, 'MLFLOW_TRACKING_URI': uri, 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
-    return {'folder': folder, 'run_id': rid, 'env': env, 'tmp': tmp, 'predictor': Predictor.load(folder)}
+def model(smoke_cv):
+    "The smoke CV's fold 0: its model folder, its child run, the parent run, and the store's env."
+    from criteria_cls.infer import Predictor
+    kids = smoke_cv['client'].search_runs([smoke_cv['parent'].info.experiment_id],
+                                          filter_string=f"tags.mlflow.parentRunId = '{smoke_cv['parent'].info.run_id}'")
+    run = {int(r.data.tags['fold']): r for r in kids}
+    folder = smoke_cv['dir'] / 'fold_0_model'
+    best = smoke_cv['summary']['best_fold']['fold']
+    return {'folder': folder, 'run_id': run[0].info.run_id, 'parent_id': smoke_cv['parent'].info.run_id, 'env': smoke_cv['env'],
+            'tmp': smoke_cv['tmp'], 'predictor': Predictor.from_folders([folder]),
+            'best': Predictor.from_folders([smoke_cv['dir'] / f'fold_{best}_model']), 'criteria': ['A1', 'A4', 'A9']}
 
 
 def cli(m, *args, input=None):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=m['tmp'], env=m['env'], input=input, timeout=600)
+    return run_cli(m['env'], *args, cwd=m['tmp'], input=input, timeout=600)
 
 
 def ok(r):
@@ -54,29 +44,31 @@ def test_predict_one_pair(model):
     assert r['criterion_id'] == 'A4' and r['model'] == str(model['folder'])
     assert abs(r['probability'] - want.probability) < 1e-6 and r['label'] == want.label and r['threshold'] == want.threshold
     r = json.loads(ok(cli(model, 'predict', '--model', f"runs:/{model['run_id']}", '--post', POST, '--criterion-text', 'The person sleeps badly.')))
-    assert r['criterion_id'] == 'custom' and 0 <= r['probability'] <= 1
+    want = model['predictor'].predict([{'post': POST, 'criterion_id': 'custom', 'criterion': 'The person sleeps badly.'}]).iloc[0]
+    assert r['criterion_id'] == 'custom' and abs(r['probability'] - want.probability) < 1e-6
 
 
 def test_predict_files(model):
     tmp = model['tmp']
-    rows = [{'post_id': f'p{i}', 'post': f'{POST} ({i})', 'criterion_id': c} for i, c in enumerate(['A1', 'A4', 'A7', 'A9'])]
+    rows = [{'post_id': f'p{i}', 'post': f'{POST} ({i})', 'criterion_id': c} for i, c in enumerate(['A1', 'A4', 'A9', 'A1'])]
     (tmp / 'in.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     ok(cli(model, 'predict', '--model', model['folder'], '--input', tmp / 'in.jsonl', '--output', tmp / 'out.jsonl'))
     got = [json.loads(l) for l in (tmp / 'out.jsonl').read_text().splitlines()]
     want = model['predictor'].predict(rows)
-    assert [g['post_id'] for g in got] == ['p0', 'p1', 'p2', 'p3'] and [g['criterion_id'] for g in got] == ['A1', 'A4', 'A7', 'A9']
+    assert [g['post_id'] for g in got] == ['p0', 'p1', 'p2', 'p3'] and [g['criterion_id'] for g in got] == ['A1', 'A4', 'A9', 'A1']
     np.testing.assert_allclose([g['probability'] for g in got], want.probability.values, atol=1e-6)
     # CSV in (a post spanning lines), CSV out
-    (tmp / 'in.csv').write_text('post_id,post,criterion_id\nq1,"first line\nsecond line",A2\nq2,short,A3\n')
+    (tmp / 'in.csv').write_text('post_id,post,criterion_id\nq1,"first line\nsecond line",A4\nq2,short,A9\n')
     ok(cli(model, 'predict', '--model', model['folder'], '--input', tmp / 'in.csv', '--output', tmp / 'out.csv'))
-    import pandas as pd
     out = pd.read_csv(tmp / 'out.csv')
     assert out.post_id.tolist() == ['q1', 'q2'] and set(out.columns) == {'post_id', 'criterion_id', 'probability', 'label', 'threshold'}
+    want = model['predictor'].predict([{'post': 'first line\nsecond line', 'criterion_id': 'A4'}, {'post': 'short', 'criterion_id': 'A9'}])
+    np.testing.assert_allclose(out.probability.values, want.probability.values, atol=1e-6)
 
 
 def test_predict_bad_input_exits_2_and_writes_nothing(model):
     tmp = model['tmp']
-    (tmp / 'bad.csv').write_text('post_id,post,criterion_id\nq1,"a post\nover two lines",A1\nq2,,A2\nq3,fine,Z9\nq4,"too",A1,extra\n')
+    (tmp / 'bad.csv').write_text('post_id,post,criterion_id\nq1,"a post\nover two lines",A1\nq2,,A4\nq3,fine,Z9\nq4,"too",A1,extra\n')
     err = bad(cli(model, 'predict', '--model', model['folder'], '--input', tmp / 'bad.csv', '--output', tmp / 'bad_out.jsonl'),
               "line 4: missing or empty 'post'", "line 5: unknown criterion_id 'Z9'", 'line 6: expected 3 fields', 'nothing written')
     assert err.startswith('criteria-cls predict: error: ')
@@ -91,18 +83,19 @@ def test_predict_bad_input_exits_2_and_writes_nothing(model):
 def test_screen_from_stdin_and_argument(model):
     lines = ok(cli(model, 'screen', '--model', model['folder'], input=POST)).splitlines()
     got = [json.loads(l) for l in lines]
-    assert [g['criterion_id'] for g in got] == [f'A{i}' for i in range(1, 10)]
+    assert [g['criterion_id'] for g in got] == model['criteria']
     want = model['predictor'].screen(POST)
     np.testing.assert_allclose([g['probability'] for g in got], want.probability.values, atol=1e-6)
-    assert got[3]['name'] == 'SLEEP_ISSUES'
+    assert got[1]['name'] == 'SLEEP_ISSUES'
     bad(cli(model, 'screen', '--model', model['folder'], input='   '), 'empty')
 
 
-def test_register_then_load_by_alias_in_a_new_process(model):
-    r = json.loads(ok(cli(model, 'register', '--run-id', model['run_id'], '--name', 'cli-test-model')))
+def test_register_the_cv_then_load_by_alias_in_a_new_process(model):
+    "The CV run that `criteria-cls cv` made, registered: its best fold, loaded back by alias."
+    r = json.loads(ok(cli(model, 'register', '--run-id', model['parent_id'], '--name', 'cli-test-model')))
     assert r['uri'] == 'models:/cli-test-model@champion' and r['version'] == 1
     got = json.loads(ok(cli(model, 'predict', '--model', r['uri'], '--post', POST, '--criterion', 'A4')))
-    want = model['predictor'].predict([{'post': POST, 'criterion_id': 'A4'}]).iloc[0]
+    want = model['best'].predict([{'post': POST, 'criterion_id': 'A4'}]).iloc[0]
     assert abs(got['probability'] - want.probability) < 1e-6
     bad(cli(model, 'predict', '--model', 'models:/cli-test-model@nobody', '--post', POST, '--criterion', 'A4'), 'cannot load models:/cli-test-model@nobody')
     bad(cli(model, 'register', '--run-id', 'fffffffffffffffff'), 'no MLflow run')
@@ -110,7 +103,7 @@ def test_register_then_load_by_alias_in_a_new_process(model):
 
 def test_bench(model):
     b = json.loads(ok(cli(model, 'bench', '--model', model['folder'], '--n', 12, '--posts', 2, '--json')))
-    assert b['pairs'] == 12 and b['posts'] == 2 and b['criteria'] == 9
+    assert b['pairs'] == 12 and b['posts'] == 2 and b['criteria'] == 3
     assert 0 < b['latency_ms']['p50'] <= b['latency_ms']['p95'] <= b['latency_ms']['p99'] and b['throughput_pairs_s'] > 0
     assert b['screen_prefix_reuse'] is False
     bad(cli(model, 'bench'), '--model')

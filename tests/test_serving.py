@@ -7,34 +7,18 @@ import pytest
 NAME = 'serve-test-criteria-cls'
 MLFLOW = shutil.which('mlflow', path=str(Path(sys.executable).parent)) or 'mlflow'
 PAIRS = [{'post': 'I lie awake until 4am every night and sleep through my alarms.', 'criterion_id': 'A4'},
-         {'post': 'Great leg day today, new squat record!', 'criterion_id': 'A6'},
+         {'post': 'Great leg day today, new squat record!', 'criterion_id': 'A9'},
          {'post': 'Everything is my fault, I ruin whatever I touch.', 'criterion_id': 'own', 'criterion': 'The person blames themselves.'}]
 
 
 @pytest.fixture(scope='module')
-def registered(tmp_path_factory):
-    "A tiny trained fold logged as a fold run in a fresh sqlite store and registered as NAME@champion."
-    from criteria_cls.config import load_params
-    from criteria_cls import tracking as T
-    from criteria_cls.predict import demo_fold_model, register, Predictor
-    tmp = tmp_path_factory.mktemp('serving')
-    uri = f'sqlite:///{tmp}/mlflow.db'
-    old = os.environ.get('MLFLOW_TRACKING_URI')
-    os.environ['MLFLOW_TRACKING_URI'] = uri
-    try:
-        folder = demo_fold_model(tmp / 'fold_0')
-        p = load_params(None); p['_root'] = str(tmp)
-        client = T.get_client(p)
-        exp = T.ensure_experiment(client, 'serving-test', T.artifact_location(p))
-        rid = T.start_run(client, exp, 'fold_0', tags={'kind': 'fold', 'fold': 0})
-        T.log_artifact(client, rid, folder, 'model')
-        T.log_metrics(client, rid, {'test_f1': 0.5})
-        T.end_run(client, rid)
-        register(rid, NAME, 'champion', log=lambda m: None)
-        yield {'uri': uri, 'tmp': tmp, 'predictor': Predictor.load(f'models:/{NAME}@champion')}
-    finally:
-        if old is None: os.environ.pop('MLFLOW_TRACKING_URI', None)
-        else: os.environ['MLFLOW_TRACKING_URI'] = old
+def registered(smoke_cv):
+    "The smoke CV's parent run, as `criteria-cls cv` made it, registered as NAME@champion (its best fold)."
+    from criteria_cls.registry import load_predictor, register
+    uri = smoke_cv['env']['MLFLOW_TRACKING_URI']
+    register(smoke_cv['parent'].info.run_id, uri, NAME, 'champion', log=lambda m: None)
+    return {'uri': uri, 'tmp': smoke_cv['tmp'], 'predictor': load_predictor(f'models:/{NAME}@champion', uri),
+            'best': smoke_cv['dir'] / f"fold_{smoke_cv['summary']['best_fold']['fold']}_model"}
 
 
 def free_port() -> int:
@@ -75,14 +59,16 @@ def test_serve_invocations(registered):
     try:
         wait_ready(proc, base)
         url = base + '/invocations'
-        # good rows: by criterion id and by criterion text, in two request formats
-        want = registered['predictor'].predict(PAIRS)
+        # good rows: by criterion id and by criterion text, in two request formats; the scores of the best fold's folder
+        from criteria_cls.infer import Predictor
+        want = Predictor.from_folders([registered['best']]).predict(PAIRS)
+        np.testing.assert_allclose(registered['predictor'].predict(PAIRS).probability.values, want.probability.values, atol=1e-6)
         for body in ({'dataframe_records': PAIRS},
                      {'dataframe_split': {'columns': ['post', 'criterion_id', 'criterion'], 'data': [[r['post'], r['criterion_id'], r.get('criterion')] for r in PAIRS]}}):
             status, got = post(url, body)
             assert status == 200, got
             rows = got['predictions']
-            assert [r['criterion_id'] for r in rows] == ['A4', 'A6', 'own']
+            assert [r['criterion_id'] for r in rows] == ['A4', 'A9', 'own']
             np.testing.assert_allclose([r['probability'] for r in rows], want.probability.values, atol=1e-6)
             assert [r['label'] for r in rows] == want.label.tolist()
             assert all(r['threshold'] == registered['predictor'].threshold for r in rows)
@@ -93,7 +79,7 @@ def test_serve_invocations(registered):
         # an unknown criterion id: the message names it and the known ids
         status, got = post(url, {'dataframe_records': [{'post': 'I feel low.', 'criterion_id': 'Z9'}]})
         assert 400 <= status < 500, (status, got)
-        assert "unknown criterion_id 'Z9'" in got.get('message', '') and 'A1, A2' in got['message'], got
+        assert "unknown criterion_id 'Z9'" in got.get('message', '') and 'A1, A4, A9' in got['message'], got
         # an empty post
         status, got = post(url, {'dataframe_records': [{'post': '', 'criterion_id': 'A1'}]})
         assert 400 <= status < 500 and "missing or empty 'post'" in got.get('message', ''), (status, got)
