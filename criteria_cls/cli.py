@@ -84,7 +84,7 @@ def cmd_holdout(args) -> int:
     run_holdout(args.params, [*store_overrides(), *args.overrides], progress=not args.quiet)
     return 0
 
-# %% ../nbs/14_cli.ipynb #af357424
+# %% ../nbs/14_cli.ipynb #38e3e97b
 def _quiet_libs():
     "No download bars or 'weights newly initialized' reports between a command and its JSON."
     warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing.*')
@@ -145,9 +145,11 @@ def cmd_bench_train(args) -> int:
     from criteria_cls.bench import bench_train
     from criteria_cls.data import load_table
     if not args.params: raise InputError('bench train needs --params FILE')
+    from criteria_cls.bench import format_bench_train
     p = load_params(args.params, [*args.overrides, *([f'train.threads={args.threads}'] if args.threads else [])])
-    b = bench_train(p, load_table(p).pairs, n_pairs=args.n or 64, steps=args.steps)
-    print(json.dumps(b, indent=None if args.json else 1, default=float))
+    t = load_table(p)
+    b = bench_train(p, t.pairs, n_pairs=args.n or 64, steps=args.steps, criteria=t.criteria)
+    print(json.dumps(b, default=float) if args.json else format_bench_train(b))
     return 0
 
 def cmd_bench(args) -> int:

@@ -18,7 +18,7 @@ __all__ = ['DEFAULT_MODEL_NAME', 'DEFAULT_TEMPLATE', 'SCHEMA', 'INPUT_PATHS', 'O
 class InputError(ValueError):
     "A problem with the user's files or params: the message says where it is and how to fix it."
 
-# %% ../nbs/00_config.ipynb #2b2879fb
+# %% ../nbs/00_config.ipynb #80e1faf2
 DEFAULT_MODEL_NAME = 'mentallama-criteria-cls'   # the registry's default name for a registered model
 DEFAULT_TEMPLATE = "post: {post}, criterion: {criterion} Does the post match the criterion description? Output yes or no"
 
@@ -54,6 +54,12 @@ SCHEMA = {
         'top_layers': (None, _opt_int),       # adapt only the top N transformer layers (backward stops below them)
         'gradient_checkpointing': (False, bool),
         'cache_dir': (None, _opt_str),        # where converted GGUF models are cached
+        'head': ('pair', str),                # pair: one (post, criterion) prompt per output | multi: a post, every criterion
+        'pooling': ('auto', str),             # auto (what the backbone was trained with) | mean | cls | last
+        'segments': ('post', str),            # multi head: the post as one sequence | its sentences (mean and max over them)
+        'criterion_similarity': (False, bool),  # multi head, sentences: add each criterion's best sentence similarity
+        'warm_start': ('none', str),          # none | probe: fit the head on frozen features before fine-tuning
+        'head_dropout': (0.0, float),
     },
     'prompt': {
         'template': (DEFAULT_TEMPLATE, str),
@@ -62,6 +68,8 @@ SCHEMA = {
         'max_length': (256, int),
         'truncation': ('head_tail', str),     # head | tail | head_tail
         'head_fraction': (0.5, float),        # head_tail: share of the budget kept from the start of the post
+        'sentence_max_length': (64, int),     # segments=sentences: tokens per sentence piece
+        'max_sentences': (48, int),           # segments=sentences: pieces kept per post (first and last)
     },
     'train': {
         'epochs': (3, int),
@@ -82,6 +90,9 @@ SCHEMA = {
         'neg_per_pos': (None, (int, float, type(None))),
         'threads': (None, _opt_int),          # torch threads (default: torch's choice)
         'deterministic': (True, bool),
+        'head_lr': (None, (float, type(None))),  # learning rate of the head (default: train.lr)
+        'cache_frozen': (True, bool),         # with model.top_layers: compute the frozen layers once per fold
+        'cache_max_gb': (2.0, float),         # above this, cached activations are kept in bfloat16
     },
     'metrics': {
         'threshold_step': (0.01, float),
@@ -231,7 +242,7 @@ def _resolve_paths(data:dict, origin:dict, run_home:Path) -> dict:
     out['tracking']['uri'] = _store(out['tracking']['uri'], out_base('tracking.uri'))
     return out
 
-# %% ../nbs/00_config.ipynb #e9706d69
+# %% ../nbs/00_config.ipynb #c7b6e6a0
 CHOICES = {
     ('data', 'format'): ('redsm5', 'redsm5_single', 'pairs', 'imhi'),
     ('cv', 'method'): ('multilabel', 'group'),
@@ -241,6 +252,10 @@ CHOICES = {
     ('prompt', 'criterion_text'): ('description', 'name', 'id'),
     ('train', 'mixed_precision'): ('auto', 'bf16', 'fp16', 'no'),
     ('metrics', 'select'): ('f1', 'weighted_f1'),
+    ('model', 'head'): ('pair', 'multi'),
+    ('model', 'pooling'): ('auto', 'mean', 'cls', 'last'),
+    ('model', 'segments'): ('post', 'sentences'),
+    ('model', 'warm_start'): ('none', 'probe'),
 }
 
 def _validate_values(p):
@@ -261,6 +276,11 @@ def _validate_values(p):
         raise InputError(f"train.neg_per_pos must be a positive number (or null for every negative), found {npp}")
     if p.model.top_layers is not None and p.model.top_layers < 1:
         raise InputError(f"model.top_layers must be at least 1 (or null for every layer), found {p.model.top_layers}")
+    if p.model.head == 'pair' and (p.model.segments != 'post' or p.model.criterion_similarity):
+        raise InputError("model.segments: sentences and model.criterion_similarity need model.head: multi "
+                         "(the pair head reads one (post, criterion) prompt)")
+    if p.model.criterion_similarity and p.model.segments != 'sentences':
+        raise InputError("model.criterion_similarity compares sentences with criteria: it needs model.segments: sentences")
 
 # %% ../nbs/00_config.ipynb #ec63062e
 def _load_chain(path:Path, seen:tuple=()) -> tuple:

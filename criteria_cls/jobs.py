@@ -98,7 +98,7 @@ def log_fold(client, run_id:str, result:FoldResult, fold:int) -> tuple:
     tracking.log_frame(client, run_id, pd.DataFrame(result.history), 'history')
     return test, m
 
-# %% ../nbs/12_jobs.ipynb #f4ef6393
+# %% ../nbs/12_jobs.ipynb #d4317d46
 @dataclass
 class FoldOutcome:
     "What a fold produced, for the notebook to show."
@@ -127,11 +127,11 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     tracking.log_params(client, run_id, {'split': {part: int(v.post_id.nunique()) for part, v in parts.items()}})
     if threads: torch.set_num_threads(threads)
     seed_everything(p.seed, p.train.deterministic)
-    result = train_fold(p, parts['train'], parts['dev'], parts['test'], progress=progress)
+    result = train_fold(p, parts['train'], parts['dev'], parts['test'], table.criteria, progress=progress)
     test, m = log_fold(client, run_id, result, k)
     stem = f'fold_{k}' if run.data.tags.get('kind') == 'fold' else 'holdout'
     test.to_csv(out / f'{stem}_test_predictions.csv', index=False)
-    model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold, table.criteria,
+    model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold, result.criteria,
                                 {'fold': k, 'run_id': run_id, 'best_epoch': result.best_epoch, 'test_f1': m['f1']})
     tracking.log_artifact(client, run_id, model_dir, 'model')
     names = dict(zip(table.criteria.criterion_id, table.criteria.name))
