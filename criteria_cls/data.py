@@ -11,11 +11,11 @@ import numpy as np, pandas as pd, yaml
 from .config import InputError
 
 # %% auto #0
-__all__ = ['PAIR_COLUMNS', 'read_text', 'read_csv', 'parse_labels', 'check_posts', 'load_criteria', 'PairTable', 'table_stats',
-           'format_stats', 'map_symptoms', 'load_redsm5', 'load_redsm5_single', 'load_pairs_file', 'load_imhi',
-           'load_table']
+__all__ = ['PAIR_COLUMNS', 'read_text', 'delimiter_hint', 'read_csv', 'parse_labels', 'check_posts', 'load_criteria', 'PairTable',
+           'text_table', 'table_stats', 'format_stats', 'map_symptoms', 'require_rows', 'drop_repeats', 'load_redsm5',
+           'load_redsm5_single', 'load_pairs_file', 'load_imhi', 'table_notes', 'load_table']
 
-# %% ../nbs/01_data.ipynb #4ee9b7dc
+# %% ../nbs/01_data.ipynb #ab71eb8e
 def read_text(path:Path, what='file') -> str:
     "The file's text; `InputError` naming the file when it is missing or not UTF-8."
     path = Path(path)
@@ -37,17 +37,29 @@ def _record_lines(text:str) -> list:
         starts.append(prev + 1); prev = r.line_num
     return starts[1:]
 
+def delimiter_hint(text:str) -> str:
+    "A sentence for errors when the header row is separated by semicolons, tabs or bars rather than commas ('' if not)."
+    head = text.split('\n', 1)[0]
+    for d, name in ((';', 'semicolons'), ('\t', 'tabs'), ('|', 'vertical bars')):
+        if head.count(d) > head.count(','):
+            return (f" The header row is separated by {name}, not commas: save the file as comma-separated CSV "
+                    f"(e.g. pandas.read_csv(f, sep={d!r}).to_csv(f, index=False)).")
+    return ''
+
 def read_csv(path, expected:list, what='CSV file', optional=()) -> pd.DataFrame:
     "A CSV with (at least) the `expected` columns, all as strings; `.attrs['lines']` maps rows to file lines."
     path = Path(path)
     text = read_text(path, what)
+    if not text.strip():
+        raise InputError(f"{path}: the {what} is empty: expected a header row ({', '.join(expected)}) and rows")
     try: df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise InputError(f"{path}: cannot be read as CSV: {str(e).strip()}") from None
+        raise InputError(f"{path}: cannot be read as CSV: {str(e).strip()}.{delimiter_hint(text)}") from None
     missing = [c for c in expected if c not in df.columns]
     if missing:
+        hint = delimiter_hint(text) or ' Rename the header row accordingly.'
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}. Found columns: {', '.join(map(str, df.columns)) or '(none)'}; "
-                         f"expected: {', '.join(expected)}. Rename the header row accordingly.")
+                         f"expected: {', '.join(expected)}.{hint}")
     df.attrs['lines'] = _record_lines(text) if len(df) else []
     df.attrs['path'] = str(path)
     return df
@@ -149,7 +161,25 @@ class PairTable:
     def __len__(self): return len(self.pairs)
     def __repr__(self): return f"PairTable({self.format}: {self.pairs.post_id.nunique()} posts, {len(self.criteria)} criteria, {len(self.pairs)} pairs, {int(self.pairs.label.sum())} positive; {self.source})"
 
-# %% ../nbs/01_data.ipynb #cb9f7746
+# %% ../nbs/01_data.ipynb #e808da1b
+def _numeric(v) -> bool:
+    "Whether `v` is a number, or a string that reads as one."
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool): return True
+    try: float(str(v)); return str(v).strip() != ''
+    except ValueError: return False
+
+def text_table(rows:list,              # one dict per row
+               columns:dict,           # {key: header}: the columns shown, in this order
+               gap:int=2,              # spaces between columns
+              ) -> str:
+    "Rows as a plain-text table whose columns are as wide as their longest value; numbers right-aligned."
+    cells = [[str(h) for h in columns.values()]] + [[str(r.get(k, '')) for k in columns] for r in rows]
+    width = [max(len(c[j]) for c in cells) for j in range(len(columns))]
+    right = [bool(rows) and all(_numeric(r.get(k, '')) for r in rows) for k in columns]
+    fmt = lambda c: (' ' * gap).join(v.rjust(w) if rt else v.ljust(w) for v, w, rt in zip(c, width, right)).rstrip()
+    return '\n'.join(fmt(c) for c in cells)
+
+# %% ../nbs/01_data.ipynb #524e086c
 def table_stats(t:PairTable, tokenizer=None) -> dict:
     "Counts, positives per criterion, length percentiles and the content hash."
     per = (t.pairs.groupby('criterion_id', sort=False).agg(pairs=('label', 'size'), positive=('label', 'sum')))
@@ -180,9 +210,10 @@ def format_stats(s:dict) -> str:
              f"  posts {s['posts']}, criteria {s['criteria']}, pairs {s['pairs']}, positive {s['positive']} "
              f"({s['positive']/max(s['pairs'],1):.1%}); posts with no positive: {s['posts_without_positive']}",
              f"  post length ({s['length_unit']}): " + ', '.join(f"{k} {v}" for k, v in s['post_length'].items()),
-             f"  content hash {s['content_hash']}",
-             f"  {'criterion':<10}{'name':<28}{'positive':>9}{'pairs':>7}"]
-    lines += [f"  {r['criterion_id']:<10}{r['name'][:27]:<28}{r['positive']:>9}{r['pairs']:>7}" for r in s['per_criterion']]
+             f"  content hash {s['content_hash']}"]
+    cols = {'criterion_id': 'criterion', 'name': 'name', 'positive': 'positive', 'pairs': 'pairs'}
+    if all(r['name'] == r['criterion_id'] for r in s['per_criterion']): del cols['name']   # IMHI: the id is the name
+    lines += ['  ' + l for l in text_table(s['per_criterion'], cols).splitlines()]
     lines += [f"  note: {n}" for n in s['notes']]
     return '\n'.join(lines)
 
@@ -211,7 +242,24 @@ def map_symptoms(names, criteria:pd.DataFrame, where:str, symptom_map:dict=None,
     notes += [f"symptom {k} ignored ({v} rows), as data.ignore_symptoms asks" for k, v in seen_ignore.items()]
     return out, notes
 
-# %% ../nbs/01_data.ipynb #40b99713
+# %% ../nbs/01_data.ipynb #0e3a3b19
+def require_rows(df, what:str, noun:str):
+    "`InputError` when `df` (read by `read_csv`) has no rows: 'the `what` has no `noun`'."
+    if not len(df):
+        raise InputError(f"{df.attrs.get('path', '<data>')}: the {what} has no {noun}: "
+                         f"it holds a header row and nothing else")
+
+def drop_repeats(df, cols=None) -> tuple:
+    "`(df without rows that exactly repeat an earlier row (on `cols`, default all), notes)`; line numbers stay right."
+    dup = (df.duplicated(cols) if cols else df.duplicated()).to_numpy()
+    if not dup.any(): return df, []
+    rows, lines = list(np.flatnonzero(dup)), df.attrs.get('lines') or []
+    note = f"{_where(df, rows)}: exact repeat{'s' if len(rows) > 1 else ''} of earlier rows, dropped"
+    out = df[~dup].reset_index(drop=True)
+    out.attrs.update(df.attrs, lines=[l for l, d in zip(lines, dup) if not d])
+    return out, [note]
+
+# %% ../nbs/01_data.ipynb #083f8e3b
 def _redsm5_files(path:Path):
     if not path.exists(): raise InputError(f"{path}: data folder not found (format redsm5 expects a folder with redsm5_posts.csv and redsm5_annotations.csv)")
     if path.is_dir():
@@ -234,7 +282,9 @@ def load_redsm5(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> Pai
     "ReDSM5 posts + annotations → every post × every criterion."
     posts_f, ann_f = _redsm5_files(Path(path))
     posts = read_csv(posts_f, ['post_id', 'text'], 'posts CSV')
+    require_rows(posts, 'posts file', 'posts')
     ann = read_csv(ann_f, ['post_id', 'sentence_id', 'sentence_text', 'DSM5_symptom', 'status'], 'annotations CSV')
+    (posts, n1), (ann, n2) = drop_repeats(posts), drop_repeats(ann)
     check_posts(posts)
     posts = posts.assign(post_id=posts.post_id.str.strip()).drop_duplicates('post_id')[['post_id', 'text']].reset_index(drop=True)
     ann = ann.assign(post_id=ann.post_id.str.strip())
@@ -246,12 +296,15 @@ def load_redsm5(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> Pai
     status = parse_labels(ann, 'status')
     cids, notes = map_symptoms(ann.DSM5_symptom, criteria, str(ann_f), symptom_map, ignore)
     positives = {(p, c) for p, c, s in zip(ann.post_id, cids, status) if s == 1 and c is not None}
-    return PairTable(_cross(posts, criteria, positives), criteria, str(Path(path)), 'redsm5', notes)
+    if not len(ann): notes.append(f"{ann_f}: the annotations file has no rows: every pair is negative")
+    return PairTable(_cross(posts, criteria, positives), criteria, str(Path(path)), 'redsm5', n1 + n2 + notes)
 
-# %% ../nbs/01_data.ipynb #9326b501
+# %% ../nbs/01_data.ipynb #fc7b290c
 def load_redsm5_single(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> PairTable:
     "Single-file ReDSM5 (`text,labels` with `;`-joined symptom names) → every post × every criterion."
     df = read_csv(path, ['text', 'labels'], 'data file')
+    require_rows(df, 'data file', 'posts')
+    df, repeats = drop_repeats(df)
     if 'post_id' not in df.columns: df['post_id'] = [f'row{l}' for l in df.attrs['lines']]
     check_posts(df)
     names, owners = [], []
@@ -262,9 +315,9 @@ def load_redsm5_single(path, criteria:pd.DataFrame, symptom_map=None, ignore=())
     pids = df.post_id.str.strip().tolist()
     positives = {(pids[i], c) for i, c in zip(owners, cids) if c is not None}
     posts = pd.DataFrame({'post_id': pids, 'text': df.text}).drop_duplicates('post_id')
-    return PairTable(_cross(posts, criteria, positives), criteria, str(path), 'redsm5_single', notes)
+    return PairTable(_cross(posts, criteria, positives), criteria, str(path), 'redsm5_single', repeats + notes)
 
-# %% ../nbs/01_data.ipynb #9571de0b
+# %% ../nbs/01_data.ipynb #f513b0c2
 def _read_jsonl(path:Path) -> pd.DataFrame:
     text = read_text(path, 'data file')
     rows, lines = [], []
@@ -284,9 +337,12 @@ def load_pairs_file(path, criteria:pd.DataFrame|None) -> PairTable:
     expected = ['post_id', 'text', 'criterion_id', 'label']
     if path.suffix.lower() in ('.jsonl', '.ndjson'):
         df = _read_jsonl(path)
+        require_rows(df, 'data file', 'pairs')
         missing = [c for c in expected if c not in df.columns]
         if missing: raise InputError(f"{path}: missing field(s) {', '.join(missing)}. Found: {', '.join(df.columns) or '(none)'}; expected: {', '.join(expected)}")
     else: df = read_csv(path, expected, 'data file')
+    require_rows(df, 'data file', 'pairs')
+    df, notes = drop_repeats(df)
     check_posts(df)
     df['label'] = parse_labels(df, 'label')
     df['post_id'] = df.post_id.str.strip(); df['criterion_id'] = df.criterion_id.str.strip()
@@ -307,11 +363,13 @@ def load_pairs_file(path, criteria:pd.DataFrame|None) -> PairTable:
         rows = list(np.flatnonzero(dup))
         if df[dup].groupby(['post_id', 'criterion_id']).label.nunique().max() > 1:
             raise InputError(f"{_where(df, rows, 'label')}: the same (post_id, criterion_id) pair has conflicting labels")
+        later = list(np.flatnonzero(df.duplicated(['post_id', 'criterion_id']).to_numpy()))
+        notes.append(f"{_where(df, later)}: (post_id, criterion_id) pairs given again with the same label, dropped")
         df = df.drop_duplicates(['post_id', 'criterion_id'])
     pairs = df[['post_id', 'criterion_id', 'text', 'label']].merge(crit, on='criterion_id', how='left')[PAIR_COLUMNS]
-    return PairTable(pairs.reset_index(drop=True), crit, str(path), 'pairs', [])
+    return PairTable(pairs.reset_index(drop=True), crit, str(path), 'pairs', notes)
 
-# %% ../nbs/01_data.ipynb #4dfc7792
+# %% ../nbs/01_data.ipynb #002ec061
 _IMHI_RE = re.compile(r'Post:\s*(?P<post>.*?)\s*Question:.*?"(?P<q>[^"]+)"', re.S)
 
 def _slug(q:str) -> str:
@@ -322,6 +380,8 @@ def load_imhi(path) -> PairTable:
     "An IMHI classification CSV (`post,question,response` or `query,<answer column>`) → its pairs."
     path = Path(path)
     head = read_csv(path, [], 'IMHI CSV')
+    require_rows(head, 'IMHI CSV', 'rows')
+    head, notes = drop_repeats(head)
     if {'post', 'question', 'response'} <= set(head.columns):
         prompts, answers, ans_col, q_col = head.post + head.question, head.response, 'response', 'question'
     elif 'query' in head.columns and len(head.columns) >= 2:
@@ -341,11 +401,39 @@ def load_imhi(path) -> PairTable:
     df['post_id'] = ['imhi_' + hashlib.sha1(t.encode()).hexdigest()[:10] for t in df.text]
     df['criterion_id'] = [_slug(q) for q in df.description]
     df['name'] = df.criterion_id
+    again = df.duplicated(['post_id', 'criterion_id']).to_numpy()
+    if again.any():
+        notes.append(f"{_where(df, list(np.flatnonzero(again)))}: the same post and question as an earlier row, "
+                     f"dropped (the first row's answer is kept)")
     df = df.drop_duplicates(['post_id', 'criterion_id'])
     crit = df.drop_duplicates('criterion_id')[['criterion_id', 'name', 'description']].reset_index(drop=True)
-    return PairTable(df[PAIR_COLUMNS].reset_index(drop=True), crit, str(path), 'imhi', [])
+    return PairTable(df[PAIR_COLUMNS].reset_index(drop=True), crit, str(path), 'imhi', notes)
 
-# %% ../nbs/01_data.ipynb #24798877
+# %% ../nbs/01_data.ipynb #0ce0894b
+def table_notes(t:PairTable, criteria_file:pd.DataFrame|None=None) -> list:
+    "Notes on posts lacking some criteria's pairs, criteria of `criteria_file` without pairs or without positives."
+    notes, crit = [], list(t.criteria.criterion_id)
+    per_post = t.pairs.groupby('post_id', sort=False).criterion_id.nunique()
+    short = per_post[per_post < len(crit)]
+    if len(short):
+        ex = short.index[0]
+        lacks = [c for c in crit if c not in set(t.pairs.criterion_id[t.pairs.post_id == ex])]
+        absent = len(per_post) * len(crit) - len(t.pairs)
+        notes.append(f"{len(short)} of {len(per_post)} posts lack pairs for some criteria ({absent} (post, criterion) "
+                     f"pairs absent; e.g. post {ex} has none for {', '.join(lacks[:5])}): absent pairs are neither "
+                     f"trained on nor scored")
+    if criteria_file is not None:
+        unused = [c for c in criteria_file.criterion_id if c not in set(t.pairs.criterion_id)]
+        where = criteria_file.attrs.get('path', '')
+        if unused: notes.append(f"criteria {', '.join(unused)} of the criteria file {where} have no pairs in the data: "
+                                f"left out")
+    pos = t.pairs.groupby('criterion_id').label.sum()
+    none = [c for c in crit if pos.get(c, 0) == 0]
+    if none: notes.append(f"criteria with no positive pair: {', '.join(none)}: nothing to learn, recall not measurable "
+                          f"(leave them out with data.criteria_ids=[...])")
+    return notes
+
+# %% ../nbs/01_data.ipynb #9121a4ce
 def load_table(p, which:str='path') -> PairTable:
     "The PairTable that params `p` describe (`which`: 'path' or 'test_path')."
     d = p.data
@@ -363,4 +451,6 @@ def load_table(p, which:str='path') -> PairTable:
         keep = list(d.criteria_ids)
         t = PairTable(t.pairs[t.pairs.criterion_id.isin(keep)].reset_index(drop=True),
                       t.criteria[t.criteria.criterion_id.isin(keep)].reset_index(drop=True), t.source, t.format, t.notes)
+        if crit is not None: crit = crit[crit.criterion_id.isin(keep)]
+    t.notes = t.notes + table_notes(t, crit)
     return t
