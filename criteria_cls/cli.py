@@ -8,9 +8,9 @@ import argparse, json, logging, os, sys, warnings
 from .config import DEFAULT_MODEL_NAME, InputError, load_params
 
 # %% auto #0
-__all__ = ['store_overrides', 'default_store', 'cmd_data', 'cmd_cv', 'cmd_fold', 'cmd_aggregate', 'cmd_holdout', 'cmd_predict',
-           'cmd_screen', 'cmd_register', 'cmd_bench_train', 'cmd_bench', 'add_inference_commands', 'build_parser',
-           'main', 'console']
+__all__ = ['store_overrides', 'default_store', 'cmd_data', 'say', 'cmd_cv', 'cmd_fold', 'cmd_aggregate', 'cmd_holdout',
+           'model_line', 'score_table', 'cmd_predict', 'cmd_screen', 'cmd_register', 'cmd_bench_train', 'cmd_bench',
+           'add_inference_commands', 'build_parser', 'main', 'console']
 
 # %% ../nbs/14_cli.ipynb #e7a12bcd
 def store_overrides() -> list:
@@ -22,7 +22,7 @@ def default_store() -> str:
     "The store for commands without a params file: `MLFLOW_TRACKING_URI`, else the project's default store."
     return os.environ.get('MLFLOW_TRACKING_URI') or load_params(None).tracking.uri
 
-# %% ../nbs/14_cli.ipynb #0fd3afb2
+# %% ../nbs/14_cli.ipynb #72524ba1
 def _tokenizer(p):
     "The backbone's tokenizer, or None (with the reason) when it can't be had offline."
     try:
@@ -47,27 +47,38 @@ def cmd_data(args) -> int:
             try: check_splittable(t, p.cv.folds); s['splittable'] = True
             except InputError as e: s['splittable'] = False; s['notes'].append(f'cannot be split: {e}')
         out['data' if which == 'path' else 'test'] = s
-    if args.json: print(json.dumps(out if len(out) > 1 else out['data'], indent=1))
-    else: print('\n\n'.join(format_stats(s) for s in out.values()))
-    for s in out.values():
-        for n in s['notes']: print(f'warning: {n}', file=sys.stderr)
+    if args.json:
+        print(json.dumps(out if len(out) > 1 else out['data'], indent=1))
+        for s in out.values():
+            for n in s['notes']: print(f'warning: {n}', file=sys.stderr)
+    else: print('\n\n'.join(format_stats(s) for s in out.values()))   # the notes are in the report
     return 0
 
-# %% ../nbs/14_cli.ipynb #e73fd99f
+# %% ../nbs/14_cli.ipynb #52bf0999
+def say(*lines):
+    "Print a message for the person at the terminal: on stderr, never between results."
+    print(*lines, sep='\n', file=sys.stderr, flush=True)
+
+# %% ../nbs/14_cli.ipynb #e792a53a
 def cmd_cv(args) -> int:
     "Cross-validate: parent run, one papermill notebook per fold, aggregation and reports."
     from criteria_cls.pipeline import run_cv
     if not args.params and not args.resume: raise InputError('give --params FILE, or --resume RUN_ID to finish an interrupted CV')
     only = [int(x) for x in args.only_folds.split(',') if x.strip()] if args.only_folds is not None else None
-    run_cv(args.params, [*store_overrides(), *args.overrides], jobs=args.jobs, resume=args.resume, only_folds=only,
-           progress=not args.quiet, tracking_uri=default_store() if args.resume else None)
+    overrides = [*store_overrides(), *args.overrides]
+    store = None
+    if args.resume: store = load_params(args.params, overrides).tracking.uri if args.params else default_store()
+    run_cv(None if args.resume else args.params, overrides, jobs=args.jobs, resume=args.resume, only_folds=only,
+           progress=not args.quiet, tracking_uri=store)
     return 0
 
 def cmd_fold(args) -> int:
     "Run one fold of an existing CV exactly as `cv` does (for schedulers)."
     from criteria_cls.jobs import load_cv
     from criteria_cls.pipeline import run_fold
-    rid = run_fold(load_cv(args.parent_run_id, default_store()), args.fold, progress=not args.quiet, threads=args.threads)
+    cv = load_cv(args.parent_run_id, default_store())
+    say(f'fold {args.fold} of {cv.name}\nMLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
+    rid = run_fold(cv, args.fold, progress=not args.quiet, threads=args.threads)
     print(json.dumps({'fold': args.fold, 'run_id': rid, 'parent_run_id': args.parent_run_id}))
     return 0
 
@@ -75,7 +86,9 @@ def cmd_aggregate(args) -> int:
     "Aggregate a CV's finished folds into the summary and the report."
     from criteria_cls.jobs import load_cv
     from criteria_cls.pipeline import run_aggregate
-    print(f'report: {run_aggregate(load_cv(args.run_id, default_store()), progress=not args.quiet)}')
+    cv = load_cv(args.run_id, default_store())
+    say(f'aggregating {cv.name}\nMLflow store: {cv.tracking_uri}\nreports: {cv.dir}')
+    print(f'report: {run_aggregate(cv, progress=not args.quiet)}')
     return 0
 
 def cmd_holdout(args) -> int:
@@ -84,7 +97,7 @@ def cmd_holdout(args) -> int:
     run_holdout(args.params, [*store_overrides(), *args.overrides], progress=not args.quiet)
     return 0
 
-# %% ../nbs/14_cli.ipynb #38e3e97b
+# %% ../nbs/14_cli.ipynb #b645e811
 def _quiet_libs():
     "No download bars or 'weights newly initialized' reports between a command and its JSON."
     warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing.*')
@@ -97,7 +110,33 @@ def _quiet_libs():
 def _predictor(args):
     from criteria_cls.registry import load_predictor
     _quiet_libs()
+    if str(args.model).startswith(('runs:/', 'models:/')): say(f'MLflow store: {default_store()}')
     return load_predictor(args.model, default_store(), ensemble=getattr(args, 'ensemble', False))
+
+def _as_json(args) -> bool:
+    "JSON lines: with --json, or when stdout is not a terminal (piped, redirected)."
+    return getattr(args, 'json', False) or not sys.stdout.isatty()
+
+def model_line(pred, uri:str) -> str:
+    "One line naming the model: where it came from, what it is, its threshold."
+    m = pred.meta
+    what = {'ensemble': f"ensemble of {len(pred.scorers)} fold models", 'holdout': 'holdout model',
+            'fold': f"fold {m.get('fold')}"}.get(m.get('kind'), 'model folder')
+    return f"model {uri}: {m.get('backbone', '?')} + {m.get('peft', '?')}, {what}, threshold {pred.threshold:.2f}"
+
+def score_table(rows) -> str:
+    "Scored rows (criterion_id, name, probability, label, threshold) as a compact text table."
+    from criteria_cls.data import text_table
+    cols = {'criterion_id': 'criterion', 'name': 'name', 'probability': 'probability', 'decision': 'decision',
+            'threshold': 'threshold'}
+    return text_table([{**r, 'probability': f"{r['probability']:.3f}", 'threshold': f"{r['threshold']:.2f}",
+                        'decision': 'match' if r['label'] else 'no'} for r in rows], cols)
+
+def _print_scores(args, pred, rows:list):
+    "JSON lines (one per row, each naming the model) or, at a terminal, the model once and a table."
+    if _as_json(args):
+        for r in rows: print(json.dumps({**r, 'model': args.model}))
+    else: print(model_line(pred, args.model), score_table(rows), sep='\n')
 
 def cmd_predict(args) -> int:
     "Score one (post, criterion) pair, or a .jsonl/.csv file of pairs into an output file."
@@ -108,14 +147,19 @@ def cmd_predict(args) -> int:
         if not os.path.exists(args.input): raise InputError(f"{args.input}: input file not found")
         pred = _predictor(args)
         r = predict_file(pred, args.input, args.output, args.batch_size, progress=False if args.quiet else None)
-        print(f"wrote {r['rows']} rows to {r['output']} ({r['positive']} labelled 1 at threshold {r['threshold']:.2f})", file=sys.stderr)
+        say(f"wrote {r['rows']} rows to {r['output']} ({r['positive']} labelled 1 at threshold {r['threshold']:.2f})")
         return 0
     if not args.post or not (args.criterion or args.criterion_text):
         raise InputError('give --post TEXT and --criterion ID (or --criterion-text TEXT), or --input FILE --output FILE')
     pred = _predictor(args)
     row = {'post': args.post, 'criterion_id': args.criterion or 'custom', **({'criterion': args.criterion_text} if args.criterion_text else {})}
     r = pred.predict([row], where='--post/--criterion').iloc[0]
-    print(json.dumps({'criterion_id': r.criterion_id, 'probability': float(r.probability), 'label': int(r.label), 'threshold': float(r.threshold), 'model': args.model}))
+    names = dict(zip(pred.criteria.criterion_id, pred.criteria.name))
+    name = names.get(r.criterion_id) if not args.criterion_text else args.criterion_text
+    out = {'criterion_id': r.criterion_id, 'probability': float(r.probability), 'label': int(r.label),
+           'threshold': float(r.threshold)}
+    if _as_json(args): print(json.dumps({**out, 'model': args.model}))
+    else: _print_scores(args, pred, [{**out, 'name': name or ''}])
     return 0
 
 def cmd_screen(args) -> int:
@@ -126,9 +170,10 @@ def cmd_screen(args) -> int:
         post = sys.stdin.read()
     if not post.strip(): raise InputError('the post is empty')
     pred = _predictor(args)
-    for r in pred.screen(post).to_dict('records'):
-        print(json.dumps({'criterion_id': r['criterion_id'], 'name': r['name'], 'probability': float(r['probability']), 'label': int(r['label']),
-                          'threshold': float(r['threshold']), 'model': args.model}))
+    rows = [{'criterion_id': r['criterion_id'], 'name': r['name'], 'probability': float(r['probability']),
+             'label': int(r['label']), 'threshold': float(r['threshold'])}
+            for r in pred.screen(post).to_dict('records')]
+    _print_scores(args, pred, rows)
     return 0
 
 def cmd_register(args) -> int:
@@ -136,8 +181,9 @@ def cmd_register(args) -> int:
     from criteria_cls.registry import register
     _quiet_libs()
     alias = None if (args.alias or '').lower() in ('', 'none') else args.alias
-    r = register(args.run_id, default_store(), args.name, alias, args.ensemble, log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps({k: r[k] for k in ('name', 'version', 'alias', 'uri', 'model_uri')}))
+    say(f'MLflow store (runs and registry): {default_store()}')
+    r = register(args.run_id, default_store(), args.name, alias, args.ensemble, log=say)
+    print(json.dumps({k: r[k] for k in ('name', 'version', 'alias', 'uri', 'model_uri', 'warning')}))
     return 0
 
 def cmd_bench_train(args) -> int:
@@ -148,6 +194,7 @@ def cmd_bench_train(args) -> int:
     from criteria_cls.bench import format_bench_train
     p = load_params(args.params, [*args.overrides, *([f'train.threads={args.threads}'] if args.threads else [])])
     t = load_table(p)
+    for n in t.notes: say(f'warning: {n}')
     b = bench_train(p, t.pairs, n_pairs=args.n or 64, steps=args.steps, criteria=t.criteria)
     print(json.dumps(b, default=float) if args.json else format_bench_train(b))
     return 0
@@ -179,11 +226,13 @@ def add_inference_commands(sub):
     sp.add_argument('--output', metavar='FILE', help='.jsonl (or .csv) to write; written whole or not at all')
     sp.add_argument('--batch-size', type=int, help='pairs per forward pass (default: train.eval_batch_size)')
     sp.add_argument('--quiet', action='store_true', help='no progress bar')
+    sp.add_argument('--json', action='store_true', help='JSON lines even at a terminal (the default when piped)')
     sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser('screen', help='score one post against every criterion (post from --post or stdin)')
     model_arg(sp)
     sp.add_argument('--post', help="the post text ('-' or absent: read stdin)")
+    sp.add_argument('--json', action='store_true', help='JSON lines even at a terminal (the default when piped)')
     sp.set_defaults(func=cmd_screen)
 
     sp = sub.add_parser('register', help='register a run\'s model in the MLflow Model Registry (pyfunc) and set an alias')
@@ -191,6 +240,7 @@ def add_inference_commands(sub):
     sp.add_argument('--name', default=DEFAULT_MODEL_NAME, help=f'registered model name (default {DEFAULT_MODEL_NAME})')
     sp.add_argument('--alias', default='champion', help="alias for the new version (default champion; 'none' for no alias)")
     sp.add_argument('--ensemble', action='store_true', help='a CV parent run: register all fold models as one ensemble')
+    sp.add_argument('--json', action='store_true', help='accepted for symmetry: the result is always JSON on stdout')
     sp.set_defaults(func=cmd_register)
 
     sp = sub.add_parser('bench', help='inference latency, throughput and screen time on demo pairs (bench train: training speed)')
@@ -206,7 +256,7 @@ def add_inference_commands(sub):
     sp.add_argument('--json', action='store_true', help='print the results as JSON')
     sp.set_defaults(func=cmd_bench)
 
-# %% ../nbs/14_cli.ipynb #7cd363bb
+# %% ../nbs/14_cli.ipynb #95f3ce23
 def _params_args(sp):
     sp.add_argument('--params', required=True, help='params YAML file (see params/)')
     sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='override params, e.g. train.lr=1e-4')
@@ -235,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument('--fold', type=int, required=True)
     sp.add_argument('--threads', type=int, help='torch threads for this fold')
     sp.add_argument('--quiet', action='store_true')
+    sp.add_argument('--json', action='store_true', help='accepted for symmetry: the result is always JSON on stdout')
     sp.set_defaults(func=cmd_fold)
 
     sp = sub.add_parser('aggregate', help='aggregate the finished folds of a CV into its summary and report')

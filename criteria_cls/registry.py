@@ -18,8 +18,8 @@ from .infer import Predictor, load_folder
 from . import tracking
 
 # %% auto #0
-__all__ = ['PYFUNC_CONFIG', 'fold_members', 'RunModels', 'resolve_run', 'pyfunc_members', 'load_predictor', 'CriteriaClsModel',
-           'pyfunc_signature', 'register']
+__all__ = ['PYFUNC_CONFIG', 'SMOKE_STEPS', 'fold_members', 'RunModels', 'resolve_run', 'pyfunc_members', 'load_predictor',
+           'CriteriaClsModel', 'pyfunc_signature', 'describe_run', 'register']
 
 # %% ../nbs/09_registry.ipynb #c85c85b2
 def fold_members(client, run, ensemble:bool) -> tuple:
@@ -131,6 +131,42 @@ def pyfunc_signature() -> ModelSignature:
         outputs=Schema([ColSpec('string', 'criterion_id'), ColSpec('double', 'probability'), ColSpec('long', 'label'),
                         ColSpec('double', 'threshold')]))
 
+# %% ../nbs/09_registry.ipynb #bdc50d38
+SMOKE_STEPS = 50   # fewer optimizer steps than this: a smoke-test budget, not a model
+
+def _steps(run) -> int|None:
+    "Optimizer steps that trained a fold run (None if it did not log them)."
+    v = run.data.metrics.get('time_optimizer_steps', run.data.metrics.get('steps'))
+    return None if v is None else int(v)
+
+def _fold_line(r) -> str:
+    "One fold run: optimizer steps, kept epoch, test metrics."
+    m, n = r.data.metrics, _steps(r)
+    name = f"fold {r.data.tags['fold']}" if r.data.tags.get('kind') == 'fold' else 'holdout'
+    f = lambda k: f"{m[k]:.3f}" if k in m else '?'
+    return (f"  {name}: {'?' if n is None else n} optimizer steps, best epoch {int(m.get('best_epoch', 0))}; "
+            f"test F1 {f('test_f1')}, precision {f('test_precision')}, recall {f('test_recall')}, "
+            f"ROC-AUC {f('test_roc_auc')}")
+
+def describe_run(client, rm:RunModels) -> tuple:
+    "`(lines saying what `rm` is: profile, steps, fold metrics; a smoke-budget warning or None)`."
+    run, meta, ps = rm.run, rm.meta, rm.members[0].data.params
+    parent = meta.get('parent_run_id')
+    src = tracking.with_retry(client.get_run, parent) if parent and parent != run.info.run_id else run
+    best = ' (its best fold)' if run.data.tags.get('kind') == 'cv' else ''
+    what = {'ensemble': f"all {len(rm.members)} fold models of CV run {parent}",
+            'fold': f"fold {meta.get('fold')} of CV run {parent}{best}", 'holdout': 'a holdout run'}[meta['kind']]
+    lines = [f"registering run {run.info.run_id}: {what}",
+             f"  experiment {ps.get('experiment', '?')}, params file {src.data.tags.get('params_file', '?')}, "
+             f"backbone {ps.get('model.backbone', '?')} + {ps.get('model.peft', '?')}",
+             *map(_fold_line, rm.members)]
+    if meta.get('cv_f1') is not None: lines.append(f"  CV pooled out-of-fold F1 {meta['cv_f1']:.3f}")
+    why = [f"train.max_steps={ps['train.max_steps']}"] if ps.get('train.max_steps', 'None') != 'None' else []
+    few = [n for n in map(_steps, rm.members) if n is not None and n < SMOKE_STEPS]
+    if few: why.append(f"{min(few)} optimizer steps, fewer than {SMOKE_STEPS}")
+    if not why: return lines, None
+    return lines, f"this looks like a smoke-test run ({'; '.join(why)}): its scores say nothing about a real model"
+
 # %% ../nbs/09_registry.ipynb #bc3af1cf
 def _requirements() -> list:
     "Pinned requirements of the pyfunc model: the versions installed here."
@@ -173,7 +209,7 @@ def _model_tags(pred:Predictor, meta:dict, run, members:list) -> dict:
     if 'test_f1' in run.data.metrics: tags['test_f1'] = f"{run.data.metrics['test_f1']:.4f}"
     return tags
 
-# %% ../nbs/09_registry.ipynb #67b31a21
+# %% ../nbs/09_registry.ipynb #2bb93f60
 def register(run_id:str,                  # a fold, holdout or CV parent run
              tracking_uri:str,            # the store the run is in (the model is registered there too)
              name:str=DEFAULT_MODEL_NAME,       # registered model name
@@ -185,6 +221,10 @@ def register(run_id:str,                  # a fold, holdout or CV parent run
     with tempfile.TemporaryDirectory(prefix='criteria-cls-register-') as td:
         td = Path(td)
         rm = resolve_run(client, run_id, td / 'download', ensemble)
+        lines, warn = describe_run(client, rm)
+        for line in lines: log(line)
+        if warn: log(f"warning: {warn}" + (f"; it becomes @{alias} all the same (--alias none registers it without one)"
+                                          if alias else ''))
         run, meta, arts = rm.run, rm.meta, _stage(rm.folders, rm.members, td / 'stage')
         if meta.get('cv_f1') is None and meta.get('parent_run_id'):
             meta['cv_f1'] = tracking.with_retry(client.get_run, meta['parent_run_id']).data.metrics.get('oof_f1')
@@ -192,7 +232,7 @@ def register(run_id:str,                  # a fold, holdout or CV parent run
         meta = {**meta, 'members': len(arts), 'backbone': pred.meta['backbone'], 'peft': pred.meta['peft']}
         config = {'members': list(arts), 'threshold': pred.threshold, 'source': f'runs:/{run_id}', 'meta': meta}
         (td / PYFUNC_CONFIG).write_text(json.dumps(config, indent=1))
-        tags = _model_tags(pred, meta, run, list(arts))
+        tags = {**_model_tags(pred, meta, run, list(arts)), **({'smoke_test': 'true'} if warn else {})}
         example = pd.DataFrame({'post': ['I have not slept properly in weeks and nothing feels worth doing.'],
                                 'criterion_id': [pred.criteria.criterion_id.iloc[0]]})
         mlflow.set_tracking_uri(tracking_uri); mlflow.set_registry_uri(tracking_uri)
@@ -210,4 +250,4 @@ def register(run_id:str,                  # a fold, holdout or CV parent run
     log(f"registered {name} version {mv.version}{' as @' + alias if alias else ''} from run {run_id} "
         f"({tags['members']}, threshold {pred.threshold:.2f}); load it with {uri}")
     return {'name': name, 'version': int(mv.version), 'alias': alias, 'uri': uri, 'model_uri': info.model_uri,
-            'tags': tags, 'description': desc}
+            'tags': tags, 'description': desc, 'warning': warn}
