@@ -1,7 +1,6 @@
 "The installed `criteria-cls` command, run as a user runs it: a subprocess, its stdout, stderr and exit status."
-import json, os, shutil, subprocess, sys
+import json, shutil, subprocess, sys
 from pathlib import Path
-import pytest
 
 EXE = shutil.which('criteria-cls', path=str(Path(sys.executable).parent)) or 'criteria-cls'
 
@@ -47,3 +46,38 @@ def test_bad_inputs_exit_2_without_traceback(tmp_path, root):
     r = cli('data', '--params', tmp_path / 'bad.yaml', cwd=tmp_path)
     assert r.returncode == 2 and 'malformed YAML' in r.stderr and 'Traceback' not in r.stderr
     assert list(tmp_path.glob('*.tmp')) == []  # nothing half-written
+
+
+def test_data_json_is_json_only_and_tables_keep_columns_apart(root, bench):
+    imhi = ['data.format=imhi', f'data.path={bench}/imhi_irf/test.csv', '--words']
+    r = cli('data', '--params', root / 'params/default.yaml', *imhi, cwd=root)
+    assert r.returncode == 0, r.stderr
+    rows = [l.split() for l in r.stdout.splitlines() if 'risk_of_' in l and 'note:' not in l]
+    assert rows == [['risk_of_thwarted_belongingness', '784', '1057'],
+                    ['risk_of_perceived_burdensomeness', '582', '1056']]
+    r = cli('data', '--params', root / 'params/default.yaml', *imhi, '--json', cwd=root)
+    s = json.loads(r.stdout)                                     # nothing but the JSON document on stdout
+    assert s['notes'] and all(f'warning: {n}' in r.stderr for n in s['notes'])
+
+
+def test_data_notes_and_clear_messages(tmp_path, root):
+    "Missing pairs, repeated rows and criteria without data are noted; a semicolon CSV and an empty posts file say so."
+    crit = ''.join(f'  - id: C{i}\n    name: N{i}\n    description: criterion {i}\n' for i in (1, 2, 3))
+    (tmp_path / 'crit.yaml').write_text('criteria:\n' + crit)
+    (tmp_path / 'p.csv').write_text('post_id,text,criterion_id,label\n' + ''.join(
+        f'p{i},post number {i},C1,{int(i < 3)}\n' + (f'p{i},post number {i},C2,{int(i % 2)}\n' if i != 4 else '')
+        for i in range(6)) + 'p0,post number 0,C1,1\n')
+    pairs = ['data.format=pairs', f'data.path={tmp_path}/p.csv', f'data.criteria={tmp_path}/crit.yaml']
+    r = cli('data', '--params', root / 'params/default.yaml', *pairs, '--json', '--words', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    notes = json.loads(r.stdout)['notes']
+    assert notes == [f'{tmp_path}/p.csv: line 13: exact repeat of earlier rows, dropped',
+                     '1 of 6 posts lack pairs for some criteria (1 (post, criterion) pairs absent; e.g. post p4 has '
+                     'none for C2): absent pairs are neither trained on nor scored',
+                     f'criteria C3 of the criteria file {tmp_path}/crit.yaml have no pairs in the data: left out']
+    (tmp_path / 'semi.csv').write_text('post_id;text;criterion_id;label\np1;tired, so tired;C1;1\n')
+    err = _bad(tmp_path, root, *pairs[:1], f'data.path={tmp_path}/semi.csv', pairs[2])
+    assert 'separated by semicolons, not commas' in err
+    (tmp_path / 'redsm5_posts.csv').write_text('post_id,text\n')
+    (tmp_path / 'redsm5_annotations.csv').write_text('post_id,sentence_id,sentence_text,DSM5_symptom,status,explanation\n')
+    assert 'the posts file has no posts' in _bad(tmp_path, root, f'data.path={tmp_path}')
