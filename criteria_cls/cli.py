@@ -97,7 +97,7 @@ def cmd_holdout(args) -> int:
     run_holdout(args.params, [*store_overrides(), *args.overrides], progress=not args.quiet)
     return 0
 
-# %% ../nbs/14_cli.ipynb #b645e811
+# %% ../nbs/14_cli.ipynb #97c3c085
 def _quiet_libs():
     "No download bars or 'weights newly initialized' reports between a command and its JSON."
     warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing.*')
@@ -141,7 +141,8 @@ def _print_scores(args, pred, rows:list):
 def cmd_predict(args) -> int:
     "Score one (post, criterion) pair, or a .jsonl/.csv file of pairs into an output file."
     if args.input or args.output:
-        if not (args.input and args.output): raise InputError('--input and --output go together (e.g. --input pairs.jsonl --output scored.jsonl)')
+        if not (args.input and args.output):
+            raise InputError('--input and --output go together (e.g. --input pairs.jsonl --output scored.jsonl)')
         if args.post or args.criterion or args.criterion_text: raise InputError('give --post/--criterion or --input/--output, not both')
         from criteria_cls.infer import predict_file
         if not os.path.exists(args.input): raise InputError(f"{args.input}: input file not found")
@@ -152,7 +153,8 @@ def cmd_predict(args) -> int:
     if not args.post or not (args.criterion or args.criterion_text):
         raise InputError('give --post TEXT and --criterion ID (or --criterion-text TEXT), or --input FILE --output FILE')
     pred = _predictor(args)
-    row = {'post': args.post, 'criterion_id': args.criterion or 'custom', **({'criterion': args.criterion_text} if args.criterion_text else {})}
+    row = {'post': args.post, 'criterion_id': args.criterion or 'custom',
+           **({'criterion': args.criterion_text} if args.criterion_text else {})}
     r = pred.predict([row], where='--post/--criterion').iloc[0]
     names = dict(zip(pred.criteria.criterion_id, pred.criteria.name))
     name = names.get(r.criterion_id) if not args.criterion_text else args.criterion_text
@@ -166,7 +168,8 @@ def cmd_screen(args) -> int:
     "Score one post (--post, or stdin) against every criterion the model knows."
     post = args.post
     if post is None or post == '-':
-        if sys.stdin is None or sys.stdin.isatty(): raise InputError('give the post with --post TEXT or on stdin (criteria-cls screen --model URI < post.txt)')
+        if sys.stdin is None or sys.stdin.isatty():
+            raise InputError('give the post with --post TEXT or on stdin (criteria-cls screen --model URI < post.txt)')
         post = sys.stdin.read()
     if not post.strip(): raise InputError('the post is empty')
     pred = _predictor(args)
@@ -195,7 +198,7 @@ def cmd_bench_train(args) -> int:
     p = load_params(args.params, [*args.overrides, *([f'train.threads={args.threads}'] if args.threads else [])])
     t = load_table(p)
     for n in t.notes: say(f'warning: {n}')
-    b = bench_train(p, t.pairs, n_pairs=args.n or 64, steps=args.steps, criteria=t.criteria)
+    b = bench_train(p, t.pairs, n_pairs=args.n or 64, steps=args.steps, criteria=t.criteria, longest=args.longest)
     print(json.dumps(b, default=float) if args.json else format_bench_train(b))
     return 0
 
@@ -216,7 +219,8 @@ def add_inference_commands(sub):
     "Add predict, screen, register and bench to the subcommand parsers."
     def model_arg(sp, required=True):
         sp.add_argument('--model', required=required, metavar='URI', help='runs:/<run_id>, models:/<name>@<alias> or a model folder')
-        sp.add_argument('--ensemble', action='store_true', help='a CV parent run: average all fold models (median threshold) instead of the best fold')
+        sp.add_argument('--ensemble', action='store_true',
+                        help='a CV parent run: average all fold models (median threshold) instead of the best fold')
     sp = sub.add_parser('predict', help='score (post, criterion) pairs: one on the command line, or a .jsonl/.csv file')
     model_arg(sp)
     sp.add_argument('--post', help='the post text')
@@ -250,13 +254,14 @@ def add_inference_commands(sub):
     sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='bench train: params overrides')
     sp.add_argument('--n', type=int, help='demo pairs for latency and throughput (default 200; bench train: pairs, default 64)')
     sp.add_argument('--steps', type=int, default=4, help='bench train: timed optimizer steps per setting')
+    sp.add_argument('--longest', action='store_true', help='bench train: every pair of the longest posts (instead of a random draw)')
     sp.add_argument('--posts', type=int, default=10, help='posts to screen (default 10)')
     sp.add_argument('--batch-size', type=int, help='batch size for throughput (default: train.eval_batch_size)')
     sp.add_argument('--threads', type=int, help='torch threads')
     sp.add_argument('--json', action='store_true', help='print the results as JSON')
     sp.set_defaults(func=cmd_bench)
 
-# %% ../nbs/14_cli.ipynb #95f3ce23
+# %% ../nbs/14_cli.ipynb #c67dea38
 def _params_args(sp):
     sp.add_argument('--params', required=True, help='params YAML file (see params/)')
     sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='override params, e.g. train.lr=1e-4')
@@ -275,8 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument('--params', help='params YAML file (see params/)')
     sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='override params, e.g. train.lr=1e-4')
     sp.add_argument('--jobs', type=int, default=1, help='folds to run side by side (cores are split between them)')
-    sp.add_argument('--resume', metavar='RUN_ID', help='finish the CV of this parent run: run the folds that did not finish, then aggregate')
-    sp.add_argument('--only-folds', metavar='K[,K...]', help='run only these folds now (empty: none, just set up the CV); finish later with --resume or `fold`')
+    sp.add_argument('--resume', metavar='RUN_ID',
+                    help='finish the CV of this parent run: run the folds that did not finish, then aggregate')
+    sp.add_argument('--only-folds', metavar='K[,K...]',
+                    help='run only these folds now (empty: none, just set up the CV); finish later with --resume or `fold`')
     sp.add_argument('--quiet', action='store_true', help='no progress bars')
     sp.set_defaults(func=cmd_cv)
 

@@ -18,7 +18,7 @@ __all__ = ['DEFAULT_MODEL_NAME', 'DEFAULT_TEMPLATE', 'SCHEMA', 'INPUT_PATHS', 'O
 class InputError(ValueError):
     "A problem with the user's files or params: the message says where it is and how to fix it."
 
-# %% ../nbs/00_config.ipynb #80e1faf2
+# %% ../nbs/00_config.ipynb #2418a340
 DEFAULT_MODEL_NAME = 'mentallama-criteria-cls'   # the registry's default name for a registered model
 DEFAULT_TEMPLATE = "post: {post}, criterion: {criterion} Does the post match the criterion description? Output yes or no"
 
@@ -93,6 +93,7 @@ SCHEMA = {
         'head_lr': (None, (float, type(None))),  # learning rate of the head (default: train.lr)
         'cache_frozen': (True, bool),         # with model.top_layers: compute the frozen layers once per fold
         'cache_max_gb': (2.0, float),         # above this, cached activations are kept in bfloat16
+        'shared_prefix': (False, bool),       # decoders, pair head: a post's prompt start runs once for all its criteria
     },
     'metrics': {
         'threshold_step': (0.01, float),

@@ -15,7 +15,7 @@ __all__ = ['PAIR_COLUMNS', 'read_text', 'delimiter_hint', 'read_csv', 'parse_lab
            'text_table', 'table_stats', 'format_stats', 'map_symptoms', 'require_rows', 'drop_repeats', 'load_redsm5',
            'load_redsm5_single', 'load_pairs_file', 'load_imhi', 'table_notes', 'load_table']
 
-# %% ../nbs/01_data.ipynb #ab71eb8e
+# %% ../nbs/01_data.ipynb #9181e78e
 def read_text(path:Path, what='file') -> str:
     "The file's text; `InputError` naming the file when it is missing or not UTF-8."
     path = Path(path)
@@ -69,7 +69,8 @@ def _where(df, rows, col=None) -> str:
     lines = df.attrs.get('lines') or []
     ls = [str(lines[i]) if i < len(lines) else f'row {i+1}' for i in rows]
     more = f' and {len(ls)-10} more' if len(ls) > 10 else ''
-    return f"{df.attrs.get('path', '<data>')}: line{'s' if len(ls)>1 else ''} {', '.join(ls[:10])}{more}" + (f", column '{col}'" if col else '')
+    where = f"{df.attrs.get('path', '<data>')}: line{'s' if len(ls)>1 else ''} {', '.join(ls[:10])}{more}"
+    return where + (f", column '{col}'" if col else '')
 
 # %% ../nbs/01_data.ipynb #38b9957a
 _LABELS = {'0': 0, '1': 1, 'no': 0, 'yes': 1, 'false': 0, 'true': 1, '0.0': 0, '1.0': 1}
@@ -101,7 +102,7 @@ def check_posts(df, id_col='post_id', text_col='text'):
                          f"{f' ({len(clash)} such ids: ' + ', '.join(map(str, clash.index[:5])) + ')' if len(clash) > 1 else ''}. "
                          f"Give each post one id and one text.")
 
-# %% ../nbs/01_data.ipynb #a9e5cc71
+# %% ../nbs/01_data.ipynb #4ab8badc
 def load_criteria(path) -> pd.DataFrame:
     "Criteria file → DataFrame `criterion_id, name, description` (in file order)."
     path = Path(path)
@@ -109,7 +110,8 @@ def load_criteria(path) -> pd.DataFrame:
     try: data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         m = getattr(e, 'problem_mark', None)
-        raise InputError(f"{path}:{f' line {m.line+1}, column {m.column+1}:' if m else ''} malformed YAML: {getattr(e, 'problem', None) or e}") from None
+        where = f' line {m.line+1}, column {m.column+1}:' if m else ''
+        raise InputError(f"{path}:{where} malformed YAML: {getattr(e, 'problem', None) or e}") from None
     items = data.get('criteria') if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise InputError(f"{path}: expected a top-level 'criteria:' list of {{id, name, description}} entries")
@@ -117,7 +119,8 @@ def load_criteria(path) -> pd.DataFrame:
     for i, c in enumerate(items):
         if not isinstance(c, dict) or not all(str(c.get(k) or '').strip() for k in ('id', 'name', 'description')):
             raise InputError(f"{path}: criteria entry {i+1} must have non-empty id, name and description, found {c!r}")
-        rows.append(dict(criterion_id=str(c['id']).strip(), name=str(c['name']).strip(), description=' '.join(str(c['description']).split())))
+        rows.append(dict(criterion_id=str(c['id']).strip(), name=str(c['name']).strip(),
+                         description=' '.join(str(c['description']).split())))
     df = pd.DataFrame(rows)
     for col in ('criterion_id', 'name'):
         dup = df[col][df[col].duplicated()].tolist()
@@ -125,7 +128,7 @@ def load_criteria(path) -> pd.DataFrame:
     df.attrs['path'] = str(path)
     return df
 
-# %% ../nbs/01_data.ipynb #a2c66d71
+# %% ../nbs/01_data.ipynb #dda541a2
 PAIR_COLUMNS = ['post_id', 'criterion_id', 'name', 'text', 'description', 'label']
 
 @dataclass
@@ -156,10 +159,14 @@ class PairTable:
     def subset(self, post_ids) -> 'PairTable':
         "The pairs of these posts only."
         keep = set(post_ids)
-        return PairTable(self.pairs[self.pairs.post_id.isin(keep)].reset_index(drop=True), self.criteria, self.source, self.format, list(self.notes))
+        pairs = self.pairs[self.pairs.post_id.isin(keep)].reset_index(drop=True)
+        return PairTable(pairs, self.criteria, self.source, self.format, list(self.notes))
 
     def __len__(self): return len(self.pairs)
-    def __repr__(self): return f"PairTable({self.format}: {self.pairs.post_id.nunique()} posts, {len(self.criteria)} criteria, {len(self.pairs)} pairs, {int(self.pairs.label.sum())} positive; {self.source})"
+    def __repr__(self):
+        p = self.pairs
+        return (f"PairTable({self.format}: {p.post_id.nunique()} posts, {len(self.criteria)} criteria, {len(p)} pairs, "
+                f"{int(p.label.sum())} positive; {self.source})")
 
 # %% ../nbs/01_data.ipynb #e808da1b
 def _numeric(v) -> bool:
@@ -179,7 +186,7 @@ def text_table(rows:list,              # one dict per row
     fmt = lambda c: (' ' * gap).join(v.rjust(w) if rt else v.ljust(w) for v, w, rt in zip(c, width, right)).rstrip()
     return '\n'.join(fmt(c) for c in cells)
 
-# %% ../nbs/01_data.ipynb #524e086c
+# %% ../nbs/01_data.ipynb #c2143016
 def table_stats(t:PairTable, tokenizer=None) -> dict:
     "Counts, positives per criterion, length percentiles and the content hash."
     per = (t.pairs.groupby('criterion_id', sort=False).agg(pairs=('label', 'size'), positive=('label', 'sum')))
@@ -197,7 +204,8 @@ def table_stats(t:PairTable, tokenizer=None) -> dict:
         'posts': int(t.pairs.post_id.nunique()), 'criteria': int(len(per)), 'pairs': int(len(t.pairs)),
         'positive': int(t.pairs.label.sum()),
         'posts_without_positive': int((t.pairs.groupby('post_id').label.max() == 0).sum()),
-        'per_criterion': [dict(criterion_id=c, name=names.get(c, c), pairs=int(r.pairs), positive=int(r.positive)) for c, r in per.iterrows()],
+        'per_criterion': [dict(criterion_id=c, name=names.get(c, c), pairs=int(r.pairs), positive=int(r.positive))
+                          for c, r in per.iterrows()],
         'length_unit': unit,
         'post_length': {f'p{k}': int(round(v)) for k, v in zip((50, 90, 95, 99, 100), q)},
         'content_hash': t.content_hash(),
@@ -217,7 +225,7 @@ def format_stats(s:dict) -> str:
     lines += [f"  note: {n}" for n in s['notes']]
     return '\n'.join(lines)
 
-# %% ../nbs/01_data.ipynb #4b7594ac
+# %% ../nbs/01_data.ipynb #62cf61a9
 def map_symptoms(names, criteria:pd.DataFrame, where:str, symptom_map:dict=None, ignore=()) -> tuple:
     "(criterion ids or None for ignored names, notes); `InputError` listing unknown names."
     symptom_map, ignore = dict(symptom_map or {}), set(ignore or ())
@@ -236,7 +244,8 @@ def map_symptoms(names, criteria:pd.DataFrame, where:str, symptom_map:dict=None,
     if unknown:
         lst = ', '.join(f"{k} ({v} rows)" for k, v in unknown.items())
         raise InputError(f"{where}: symptom name(s) not in the criteria file {criteria.attrs.get('path', '')}: {lst}. "
-                         f"Known: {', '.join(criteria.name)}. Map them with data.symptom_map (e.g. data.symptom_map={{SAD_MOOD: DEPRESSED_MOOD}}) "
+                         f"Known: {', '.join(criteria.name)}. Map them with data.symptom_map "
+                         "(e.g. data.symptom_map={SAD_MOOD: DEPRESSED_MOOD}) "
                          f"or drop them with data.ignore_symptoms=[{', '.join(unknown)}].")
     notes += [f"symptom {k} mapped to {v}" for k, v in seen_map.items()]
     notes += [f"symptom {k} ignored ({v} rows), as data.ignore_symptoms asks" for k, v in seen_ignore.items()]
@@ -259,9 +268,11 @@ def drop_repeats(df, cols=None) -> tuple:
     out.attrs.update(df.attrs, lines=[l for l, d in zip(lines, dup) if not d])
     return out, [note]
 
-# %% ../nbs/01_data.ipynb #083f8e3b
+# %% ../nbs/01_data.ipynb #091463cb
 def _redsm5_files(path:Path):
-    if not path.exists(): raise InputError(f"{path}: data folder not found (format redsm5 expects a folder with redsm5_posts.csv and redsm5_annotations.csv)")
+    if not path.exists():
+        raise InputError(f"{path}: data folder not found (format redsm5 expects a folder with redsm5_posts.csv "
+                         "and redsm5_annotations.csv)")
     if path.is_dir():
         posts, ann = path/'redsm5_posts.csv', path/'redsm5_annotations.csv'
     elif path.name.endswith('_posts.csv'):
@@ -317,7 +328,7 @@ def load_redsm5_single(path, criteria:pd.DataFrame, symptom_map=None, ignore=())
     posts = pd.DataFrame({'post_id': pids, 'text': df.text}).drop_duplicates('post_id')
     return PairTable(_cross(posts, criteria, positives), criteria, str(path), 'redsm5_single', repeats + notes)
 
-# %% ../nbs/01_data.ipynb #f513b0c2
+# %% ../nbs/01_data.ipynb #4f8fefaf
 def _read_jsonl(path:Path) -> pd.DataFrame:
     text = read_text(path, 'data file')
     rows, lines = [], []
@@ -339,7 +350,8 @@ def load_pairs_file(path, criteria:pd.DataFrame|None) -> PairTable:
         df = _read_jsonl(path)
         require_rows(df, 'data file', 'pairs')
         missing = [c for c in expected if c not in df.columns]
-        if missing: raise InputError(f"{path}: missing field(s) {', '.join(missing)}. Found: {', '.join(df.columns) or '(none)'}; expected: {', '.join(expected)}")
+        if missing: raise InputError(f"{path}: missing field(s) {', '.join(missing)}. "
+                                     f"Found: {', '.join(df.columns) or '(none)'}; expected: {', '.join(expected)}")
     else: df = read_csv(path, expected, 'data file')
     require_rows(df, 'data file', 'pairs')
     df, notes = drop_repeats(df)
@@ -351,12 +363,14 @@ def load_pairs_file(path, criteria:pd.DataFrame|None) -> PairTable:
         crit = df.drop_duplicates('criterion_id')[['criterion_id', 'description']].assign(name=lambda x: x.get('name', x.criterion_id))
         crit = crit[['criterion_id', 'name', 'description']].reset_index(drop=True)
     else:
-        if criteria is None: raise InputError(f"{path}: no 'description' column and no criteria file (data.criteria): one of them must give each criterion's text")
+        if criteria is None: raise InputError(f"{path}: no 'description' column and no criteria file (data.criteria): "
+                                              "one of them must give each criterion's text")
         missing = [c for c in used if c not in set(criteria.criterion_id)]
         if missing:
             rows = [i for i, c in enumerate(df.criterion_id) if c in set(missing)]
             raise InputError(f"{_where(df, rows, 'criterion_id')}: criterion id(s) {', '.join(missing)} are not in the criteria file "
-                             f"{criteria.attrs.get('path', '')} (it has {', '.join(criteria.criterion_id)}). Add them to the criteria file or fix the ids.")
+                             f"{criteria.attrs.get('path', '')} (it has {', '.join(criteria.criterion_id)}). "
+                             "Add them to the criteria file or fix the ids.")
         crit = criteria[criteria.criterion_id.isin(used)].reset_index(drop=True)
     dup = df.duplicated(['post_id', 'criterion_id'], keep=False)
     if dup.any():
@@ -433,21 +447,23 @@ def table_notes(t:PairTable, criteria_file:pd.DataFrame|None=None) -> list:
                           f"(leave them out with data.criteria_ids=[...])")
     return notes
 
-# %% ../nbs/01_data.ipynb #9121a4ce
+# %% ../nbs/01_data.ipynb #5113dfbd
 def load_table(p, which:str='path') -> PairTable:
     "The PairTable that params `p` describe (`which`: 'path' or 'test_path')."
     d = p.data
     if d[which] is None: raise InputError(f"data.{which} is not set")
     path = Path(d[which])
     crit = load_criteria(d.criteria) if d.criteria and d.format != 'imhi' else None
-    if d.format in ('redsm5', 'redsm5_single') and crit is None: raise InputError(f"data.format {d.format} needs a criteria file (data.criteria)")
+    if d.format in ('redsm5', 'redsm5_single') and crit is None:
+        raise InputError(f"data.format {d.format} needs a criteria file (data.criteria)")
     if d.format == 'redsm5': t = load_redsm5(path, crit, d.symptom_map, d.ignore_symptoms)
     elif d.format == 'redsm5_single': t = load_redsm5_single(path, crit, d.symptom_map, d.ignore_symptoms)
     elif d.format == 'pairs': t = load_pairs_file(path, crit)
     else: t = load_imhi(path)
     if d.criteria_ids:
         unknown = [c for c in d.criteria_ids if c not in set(t.criteria.criterion_id)]
-        if unknown: raise InputError(f"data.criteria_ids: {', '.join(unknown)} not in the data (it has {', '.join(t.criteria.criterion_id)})")
+        if unknown:
+            raise InputError(f"data.criteria_ids: {', '.join(unknown)} not in the data (it has {', '.join(t.criteria.criterion_id)})")
         keep = list(d.criteria_ids)
         t = PairTable(t.pairs[t.pairs.criterion_id.isin(keep)].reset_index(drop=True),
                       t.criteria[t.criteria.criterion_id.isin(keep)].reset_index(drop=True), t.source, t.format, t.notes)

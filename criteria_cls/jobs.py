@@ -86,7 +86,7 @@ def run_parts(client, run, p, table:PairTable) -> dict:
     if kind == 'holdout': return holdout_parts(p, table)
     raise InputError(f"run {run.info.run_id} is neither a fold nor a holdout run (kind={kind})")
 
-# %% ../nbs/12_jobs.ipynb #5f6edae5
+# %% ../nbs/12_jobs.ipynb #10b2896b
 def log_fold(client, run_id:str, result:FoldResult, fold:int) -> tuple:
     "Log a trained fold's history, test metrics, timings and prediction tables; `(test predictions, test metrics)`."
     for h in result.history:
@@ -95,6 +95,9 @@ def log_fold(client, run_id:str, result:FoldResult, fold:int) -> tuple:
     m = binary_metrics(test.label, test.prob, result.threshold)
     tracking.log_metrics(client, run_id, {**{f'test_{a}': b for a, b in m.items()}, 'best_epoch': result.best_epoch,
                                           **{f'time_{a}': b for a, b in result.timings.items()}})
+    # what ran, where the params only say what was asked (`auto`): the autocast mode, the frozen layers cached
+    tracking.log_params(client, run_id, {'ran': {k: result.timings[k] for k in ('precision', 'frozen_layers_cached')
+                                                 if k in result.timings}})
     tracking.log_frame(client, run_id, test, 'test_predictions')
     tracking.log_frame(client, run_id, result.dev_predictions.assign(threshold=result.threshold, fold=fold), 'dev_predictions')
     tracking.log_frame(client, run_id, pd.DataFrame(result.history), 'history')

@@ -70,14 +70,15 @@ def tuned_metrics(dev:pd.DataFrame, test:pd.DataFrame, step:float=0.01, metric:s
     th = best_threshold(dev.label, dev.prob, step, metric)
     return binary_metrics(test.label, test.prob, th)
 
-# %% ../nbs/03_metrics.ipynb #2a73a386
+# %% ../nbs/03_metrics.ipynb #db304c1b
 def criterion_table(pred:pd.DataFrame, threshold:float=0.5) -> pd.DataFrame:
     "Metrics per criterion and pooled (`ALL`), at `threshold` or the rows' own `threshold` column."
     def one(g):
         return binary_metrics(g.label, g.prob, g['threshold'].to_numpy(dtype=float) if 'threshold' in g else threshold)
     rows = {c: one(g) for c, g in pred.groupby('criterion_id', sort=False)}
     rows['ALL'] = one(pred)
-    cols = ['n', 'support', 'threshold', 'precision', 'recall', 'f1', 'accuracy', 'weighted_f1', 'roc_auc', 'pr_auc', 'tp', 'fp', 'fn', 'tn']
+    cols = ['n', 'support', 'threshold', 'precision', 'recall', 'f1', 'accuracy', 'weighted_f1', 'roc_auc', 'pr_auc',
+            'tp', 'fp', 'fn', 'tn']
     out = pd.DataFrame.from_dict(rows, orient='index')[cols]
     out.index.name = 'criterion_id'
     return out

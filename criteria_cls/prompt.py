@@ -29,7 +29,7 @@ def truncate_post(ids:list,              # token ids of the post
     h = int(round(budget * head_fraction))
     return list(ids[:h]) + (list(ids[len(ids)-(budget-h):]) if budget - h else [])
 
-# %% ../nbs/04_prompt.ipynb #fc8123bd
+# %% ../nbs/04_prompt.ipynb #0ac32568
 @dataclass(frozen=True)
 class Frame:
     "Special tokens around one sequence (`head`, `tail`) or a pair (`head`, `mid`, `tail`)."
@@ -55,7 +55,8 @@ def special_frame(tokenizer, pair:bool=False) -> Frame:
     full, tt = enc['input_ids'], enc.get('token_type_ids')
     i = _find(full, a); j = _find(full[i+len(a):], b) + i + len(a)
     types = None
-    if tt is not None: types = (tt[0] if i else 0, tt[i], tt[i+len(a)] if j > i+len(a) else tt[i], tt[j], tt[-1] if j+len(b) < len(full) else tt[j])
+    if tt is not None:
+        types = (tt[0] if i else 0, tt[i], tt[i+len(a)] if j > i+len(a) else tt[i], tt[j], tt[-1] if j+len(b) < len(full) else tt[j])
     return Frame(tuple(full[:i]), tuple(full[i+len(a):j]), tuple(full[j+len(b):]), types)
 
 # %% ../nbs/04_prompt.ipynb #6e25789c
@@ -71,7 +72,7 @@ def render_prompt(post:str, criterion:str, template:str=DEFAULT_TEMPLATE) -> str
     "The prompt as text, for people to read (the model sees `PromptEncoder`'s ids)."
     return template.replace('{criterion}', criterion).replace('{post}', post)
 
-# %% ../nbs/04_prompt.ipynb #209a61c6
+# %% ../nbs/04_prompt.ipynb #fbcceff3
 class PromptEncoder:
     "Turn (post, criterion) pairs into model inputs; only the post is ever truncated."
     def __init__(self, tokenizer,
@@ -138,6 +139,23 @@ class PromptEncoder:
     def decode(self, enc) -> str:
         "The text the model sees (special tokens shown)."
         return self.tok.decode(enc['input_ids'])
+
+    @property
+    def can_share(self) -> bool:
+        "Whether prompts of one post can share their start (template with the post before the criterion)."
+        return self.post_first and not self.pair_form
+
+    def encode_shared(self, posts, criteria) -> tuple:
+        "`(prefix ids per post, suffix ids per criterion)`: a post's prompt for criterion c is `prefix + suffix[c]`."
+        if not self.can_share: raise InputError("prompts share their start only with {post} before {criterion} in the template")
+        f, criteria = self.frame, list(criteria)
+        suffix = [a + list(f.tail) for a in self._ids(self.after.replace('{criterion}', c) for c in criteria)]
+        before = self._ids([self.before])[0] if self.before else []
+        if '{criterion}' in self.before: raise InputError("encode_shared: the text before {post} must not name the criterion")
+        head = list(f.head) + before
+        budget = self.budget(head, max(suffix, key=len))          # one cut of the post that leaves room for every criterion
+        prefix = [head + truncate_post(i, budget, self.truncation, self.head_fraction) for i in self._ids(self.sep + p for p in posts)]
+        return prefix, suffix
 
 # %% ../nbs/04_prompt.ipynb #6a0c097d
 def make_collator(tokenizer, pad_to:int|None=None):

@@ -50,13 +50,14 @@ def tidy(df:pd.DataFrame, digits:int=3) -> pd.DataFrame:
         else: out[c] = col.round(digits)
     return out
 
-# %% ../nbs/11_report.ipynb #4d96f60e
+# %% ../nbs/11_report.ipynb #b48f360f
 @themed
 def plot_learning_curves(history:pd.DataFrame|list, best_epoch:int|None=None):
     "Training and dev loss, and dev F1, per epoch; the kept epoch marked."
     h = pd.DataFrame(history)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
-    loss = h.melt('epoch', [c for c in ('train_loss', 'dev_loss') if c in h], 'curve', 'loss').dropna()
+    h = h.rename(columns={'train_loss': 'train loss', 'dev_loss': 'dev loss'})
+    loss = h.melt('epoch', [c for c in ('train loss', 'dev loss') if c in h], 'curve', 'loss').dropna()
     sns.lineplot(loss, x='epoch', y='loss', hue='curve', style='curve', markers=True, dashes=False, ax=a)
     a.set(title='Loss per epoch', xlabel='epoch', ylabel='cross-entropy')
     f1 = h.rename(columns={'dev_f1': 'dev F1 (tuned threshold)', 'dev_f1_at_05': 'dev F1 at 0.5'})
@@ -65,7 +66,10 @@ def plot_learning_curves(history:pd.DataFrame|list, best_epoch:int|None=None):
     if best_epoch is not None:
         for ax in (a, b): ax.axvline(best_epoch, color='tab:red', ls=':', label='kept epoch')
     b.set(title='Dev F1 per epoch (early stopping)', xlabel='epoch', ylabel='F1', ylim=(0, 1))
-    for ax in (a, b): ax.legend(title=None); ax.xaxis.get_major_locator().set_params(integer=True)
+    epochs = sorted(h.epoch.unique())
+    for ax in (a, b):
+        ax.legend(title=None)
+        if len(epochs) <= 12: ax.set_xticks(epochs)   # whole epochs only, even for a single one
     fig.tight_layout()
     return fig
 

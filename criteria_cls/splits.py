@@ -16,11 +16,12 @@ from .data import PairTable
 __all__ = ['check_splittable', 'make_folds', 'train_dev_split', 'fold_coverage', 'coverage_notes', 'split_hash',
            'folds_from_params', 'write_folds', 'read_folds', 'fold_pairs']
 
-# %% ../nbs/02_splits.ipynb #7c144ef5
+# %% ../nbs/02_splits.ipynb #d29705a7
 def check_splittable(t:PairTable, folds:int):
     "Raise when there are fewer posts than folds, or a criterion has fewer positive posts than folds."
     n = t.pairs.post_id.nunique()
-    if n < folds: raise InputError(f"{t.source}: {n} posts but cv.folds={folds}: each fold needs at least one test post. Lower cv.folds or add posts.")
+    if n < folds: raise InputError(f"{t.source}: {n} posts but cv.folds={folds}: each fold needs at least one test post. "
+                                   "Lower cv.folds or add posts.")
     pos = t.pairs.groupby('criterion_id').label.sum().reindex(t.criteria.criterion_id).fillna(0).astype(int)
     few = pos[pos < folds]
     if len(few):

@@ -20,7 +20,8 @@ def test_data_on_redsm5_sample(root, bench):
 
 
 def test_data_on_imhi_test(root, bench):
-    r = cli('data', '--params', root / 'params/default.yaml', 'data.format=imhi', f'data.path={bench}/imhi_irf/test.csv', '--json', cwd=root)
+    r = cli('data', '--params', root / 'params/default.yaml', 'data.format=imhi', f'data.path={bench}/imhi_irf/test.csv', '--json',
+            cwd=root)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert (s['posts'], s['criteria'], s['pairs'], s['positive']) == (1057, 2, 2113, 1366)

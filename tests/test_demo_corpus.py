@@ -1,6 +1,6 @@
 "The shipped demo corpus (data/redsm5_demo): what its data card promises, checked against the files and the loader."
 import re
-import numpy as np, pandas as pd, pytest
+import pandas as pd, pytest
 from criteria_cls.config import load_params
 from criteria_cls.data import load_table, table_stats
 from criteria_cls.splits import make_folds
@@ -8,7 +8,7 @@ from criteria_cls.metrics import tfidf_baseline, criterion_table, bootstrap_ci
 
 
 @pytest.fixture(scope='module')
-def demo(): 
+def demo():
     from conftest import ROOT
     d = ROOT / 'data' / 'redsm5_demo'
     posts = pd.read_csv(d / 'redsm5_posts.csv', dtype=str, keep_default_na=False)

@@ -1,8 +1,10 @@
-"End to end: `criteria-cls cv / fold / aggregate / holdout` with params/smoke.yaml, real papermill kernels, a real MLflow sqlite store in a temp folder."
-import json
+"""End to end: `criteria-cls cv / fold / aggregate / holdout` with params/smoke.yaml, real papermill kernels,
+a real MLflow sqlite store in a temp folder."""
+import json, os, signal, subprocess, time
 from pathlib import Path
-import numpy as np, pandas as pd
-from conftest import run_cli, smoke_overrides, store_env
+import nbformat, numpy as np, pandas as pd
+from mlflow import MlflowClient
+from conftest import EXE, ROOT, run_cli, smoke_overrides, store_env
 from criteria_cls.metrics import binary_metrics
 
 COMPARE = ('pooled_oof', 'across_folds', 'per_criterion', 'baseline_tfidf_lr', 'thresholds', 'data_hash', 'split_hash', 'folds')
@@ -39,6 +41,9 @@ def test_cv_runs_logs_and_reports(smoke_cv):
         assert {'tables/test_predictions.csv', 'tables/history.csv'} <= artifacts(client, c.info.run_id, 'tables')
         assert artifacts(client, c.info.run_id, 'model')
         assert 'train.lr' in c.data.params
+        # the precision that ran (`auto` asked): bf16 only where the CPU has native bf16
+        from criteria_cls.model import resolve_precision
+        assert c.data.params['ran.precision'] == resolve_precision(c.data.params['train.mixed_precision'], 'cpu')
     assert {'summary/summary.json', 'summary/thresholds.json', 'summary/summary.md'} <= artifacts(client, parent.info.run_id, 'summary')
     assert {'report/report.html', 'report/aggregate.ipynb'} <= artifacts(client, parent.info.run_id, 'report')
     assert d.parent.parent == smoke_cv['tmp'] / 'reports'
@@ -47,6 +52,41 @@ def test_cv_runs_logs_and_reports(smoke_cv):
         assert (d / f).exists(), f
     html = (d / 'report.html').read_text()
     assert 'data:image/png;base64' in html and 'aggregate_job(' not in html   # figures embedded, code hidden
+
+
+def streams(nb:Path) -> list:
+    "The stream outputs (stdout, stderr) of an executed notebook."
+    return [o for c in nbformat.read(nb, as_version=4).cells for o in c.get('outputs', []) if o.output_type == 'stream']
+
+
+def test_reports_have_no_stderr_and_integers_print_as_integers(smoke_cv):
+    "What a stakeholder opens: no red stderr block (progress, warnings), best_epoch 1 not 1.0, the time breakdown."
+    d, k = smoke_cv['dir'], smoke_cv['summary']['folds']
+    for nb in [*(d / f'fold_{i}.ipynb' for i in range(k)), d / 'aggregate.ipynb']:
+        assert [o.text for o in streams(nb) if o.name == 'stderr'] == [], nb
+        assert 'Traceback' not in (d / nb.name.replace('.ipynb', '.html')).read_text()
+    agg = nbformat.read(d / 'aggregate.ipynb', as_version=4)
+    texts = [o.get('data', {}).get('text/plain', '') for c in agg.cells for o in c.get('outputs', [])]
+    tables = [t for t in texts if 'best_epoch' in t]
+    assert tables and not any('.0 ' in t.split('best_epoch')[1] or t.rstrip().endswith('.0') for t in tables), tables
+    assert 'Where the time went' in ''.join(c.source for c in agg.cells)
+
+
+def test_cv_prints_the_time_breakdown_and_the_ui_for_its_store(smoke_cv):
+    out, uri = smoke_cv['stdout'], smoke_cv['env']['MLFLOW_TRACKING_URI']
+    assert f'mlflow ui --backend-store-uri {uri}' in out and 'make mlflow-ui' not in out
+    table = out.split('where the time went:\n')[1].splitlines()
+    assert table[0].split() == ['seconds', 'start-up', 'data', '&', 'tokens', 'training', 'dev', 'scoring', 'test',
+                                'scoring', 'logging', 'HTML', 'other', 'wall']
+    k = smoke_cv['summary']['folds']
+    rows = {l.split()[1]: [float(x) for x in l.split()[2:]] for l in table[1:1 + k]}
+    assert sorted(rows) == [str(i) for i in range(k)]
+    for kid in children(smoke_cv['client'], smoke_cv['parent']):
+        m, row = kid.data.metrics, rows[kid.data.tags['fold']]
+        assert abs(row[-1] - m['time_wall_s']) <= 0.5 and abs(row[2] - m['time_train_s']) <= 0.5
+        assert m['time_startup_s'] > 0 and m['time_html_s'] > 0 and m['time_data_s'] > 0 and m['time_log_s'] > 0
+        assert abs(sum(row[:-1]) - row[-1]) <= 5     # the stages add up to the wall time (each printed rounded)
+    assert 'aggregation and CV report:' in out
 
 
 def test_summary_is_the_pooled_fold_predictions(smoke_cv):
@@ -77,9 +117,10 @@ def test_fold_by_fold_then_resume_gives_the_same_summary(smoke_cv):
     r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *smoke_overrides(tmp, 'e2e-resume'), '--only-folds', '', '--quiet')
     assert r.returncode == 0, r.stderr[-3000:]
     [p2] = parents(client, 'e2e-resume')
-    r = run_cli(env, 'fold', '--parent-run-id', p2.info.run_id, '--fold', 0, '--quiet')
+    r = run_cli(env, 'fold', '--parent-run-id', p2.info.run_id, '--fold', 0, '--quiet', '--json')
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout)['fold'] == 0
+    assert json.loads(r.stdout)['fold'] == 0                     # stdout is the JSON result and nothing else
+    assert f"MLflow store: {env['MLFLOW_TRACKING_URI']}" in r.stderr and 'reports and fold models:' in r.stderr
     k = smoke_cv['summary']['folds']
     r = run_cli(env, 'fold', '--parent-run-id', p2.info.run_id, '--fold', k + 3)
     assert r.returncode == 2 and 'does not exist' in r.stderr
@@ -111,7 +152,6 @@ def test_holdout_on_imhi(tmp_path, root, bench):
     r = run_cli(env, 'holdout', '--params', 'params/smoke.yaml', *smoke_overrides(tmp_path, 'e2e-holdout'), 'data.format=imhi',
                 f'data.path={bench}/imhi_irf/val.csv', f'data.test_path={bench}/imhi_irf/test.csv', 'data.criteria_ids=null', '--quiet')
     assert r.returncode == 0, r.stderr[-3000:]
-    from mlflow import MlflowClient
     client = MlflowClient(env['MLFLOW_TRACKING_URI'])
     [run] = client.search_runs([client.get_experiment_by_name('e2e-holdout').experiment_id])
     assert run.info.status == 'FINISHED' and run.data.tags['kind'] == 'holdout'
@@ -120,3 +160,51 @@ def test_holdout_on_imhi(tmp_path, root, bench):
     m = binary_metrics(test.label, test.prob, test.threshold.to_numpy())
     assert abs(run.data.metrics['test_weighted_f1'] - m['weighted_f1']) < 1e-9
     assert 'report/report.html' in artifacts(client, run.info.run_id, 'report')
+
+
+def test_params_outside_the_project_then_kill_and_resume(smoke_cv, tmp_path):
+    """A params file kept outside the project extends params/smoke.yaml by absolute path and runs from a third folder:
+    the project's data is found, the store and reports go beside the params file. Killed with SIGKILL in fold 1, the
+    CV resumes: the killed run is closed as KILLED, and the summary is that of the uninterrupted smoke CV."""
+    exp, work = tmp_path / 'exp', tmp_path / 'work'
+    exp.mkdir(); work.mkdir()
+    (exp / 'irf.yaml').write_text(f'extends: {ROOT}/params/smoke.yaml\nexperiment: e2e-outside\n')
+    env = {k: v for k, v in store_env(tmp_path).items() if k != 'MLFLOW_TRACKING_URI'}
+    env['PYTHONUNBUFFERED'] = '1'          # its lines reach cv.out as they are printed
+    out = (tmp_path / 'cv.out').open('w')
+    proc = subprocess.Popen([EXE, 'cv', '--params', str(exp / 'irf.yaml'), '--quiet'], cwd=work, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client, t0 = None, time.time()
+    try:
+        while time.time() - t0 < 900:      # wait for fold 0 to finish and fold 1 to start training
+            assert proc.poll() is None, (tmp_path / 'cv.out').read_text()[-3000:]
+            if 'fold 0: test F1' in (tmp_path / 'cv.out').read_text():
+                client = client or MlflowClient(f'sqlite:///{exp}/mlflow.db')
+                [parent] = parents(client, 'e2e-outside')
+                if [c for c in children(client, parent) if c.data.tags['fold'] == '1']: break
+            time.sleep(2)
+        time.sleep(15)                     # inside fold 1's notebook
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL); proc.wait(); out.close()
+    printed = (tmp_path / 'cv.out').read_text()
+    d = Path(parent.data.tags['run_dir'])
+    assert f'MLflow store: sqlite:///{exp}/mlflow.db' in printed and f'reports and fold models: {d}' in printed
+    assert d.parent.parent == exp / 'reports' and (d / 'fold_0_model').is_dir()   # outputs beside the params file
+    assert not (work / 'mlflow.db').exists() and not (work / 'reports').exists() and not (work / 'mlruns').exists()
+    assert json.loads((d / 'folds.json').read_text())['source'] == str(ROOT / 'data' / 'redsm5_demo')  # project data
+    [killed] = [c for c in children(client, parent) if c.data.tags['fold'] == '1']
+    assert killed.info.status == 'RUNNING' and client.get_run(parent.info.run_id).info.status == 'RUNNING'
+
+    r = run_cli(env, 'cv', '--resume', parent.info.run_id, '--params', exp / 'irf.yaml', '--quiet', cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f'fold 1: child run {killed.info.run_id} was left RUNNING by a process that ended; marked KILLED' in r.stdout
+    kids = children(client, parent)
+    assert client.get_run(killed.info.run_id).info.status == 'KILLED'
+    assert sorted((c.data.tags['fold'], c.info.status) for c in kids) == [('0', 'FINISHED'), ('1', 'FINISHED'),
+                                                                          ('1', 'KILLED')]
+    finished = {c.info.run_id for c in kids if c.info.status == 'FINISHED'}
+    s = json.loads((d / 'summary.json').read_text())
+    assert s['best_fold']['run_id'] in finished
+    assert set(pd.read_csv(d / 'oof_predictions.csv').fold) == {0, 1}
+    assert client.get_run(parent.info.run_id).info.status == 'FINISHED'
+    assert numbers(s) == numbers(smoke_cv['summary'])

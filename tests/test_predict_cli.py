@@ -1,8 +1,8 @@
 "`criteria-cls predict | screen | register | bench`, run as a user runs them: subprocesses, stdout, stderr, exit status."
-import json
+import json, os, pty, subprocess
 import numpy as np, pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import EXE, run_cli
 POST = 'I lie awake until 4am every night, then sleep through my alarms and feel exhausted.'
 
 
@@ -17,7 +17,8 @@ def model(smoke_cv):
     best = smoke_cv['summary']['best_fold']['fold']
     return {'folder': folder, 'run_id': run[0].info.run_id, 'parent_id': smoke_cv['parent'].info.run_id, 'env': smoke_cv['env'],
             'tmp': smoke_cv['tmp'], 'predictor': Predictor.from_folders([folder]),
-            'best': Predictor.from_folders([smoke_cv['dir'] / f'fold_{best}_model']), 'criteria': ['A1', 'A4', 'A9']}
+            'best': Predictor.from_folders([smoke_cv['dir'] / f'fold_{best}_model']), 'criteria': ['A1', 'A4', 'A9'],
+            'best_fold': best}
 
 
 def cli(m, *args, input=None):
@@ -43,7 +44,10 @@ def test_predict_one_pair(model):
     assert set(r) == {'criterion_id', 'probability', 'label', 'threshold', 'model'}
     assert r['criterion_id'] == 'A4' and r['model'] == str(model['folder'])
     assert abs(r['probability'] - want.probability) < 1e-6 and r['label'] == want.label and r['threshold'] == want.threshold
-    r = json.loads(ok(cli(model, 'predict', '--model', f"runs:/{model['run_id']}", '--post', POST, '--criterion-text', 'The person sleeps badly.')))
+    res = cli(model, 'predict', '--model', f"runs:/{model['run_id']}", '--post', POST, '--criterion-text',
+              'The person sleeps badly.', '--json')
+    r = json.loads(ok(res))                                      # --json: stdout is the JSON line and nothing else
+    assert f"MLflow store: {model['env']['MLFLOW_TRACKING_URI']}" in res.stderr
     want = model['predictor'].predict([{'post': POST, 'criterion_id': 'custom', 'criterion': 'The person sleeps badly.'}]).iloc[0]
     assert r['criterion_id'] == 'custom' and abs(r['probability'] - want.probability) < 1e-6
 
@@ -92,12 +96,22 @@ def test_screen_from_stdin_and_argument(model):
 
 def test_register_the_cv_then_load_by_alias_in_a_new_process(model):
     "The CV run that `criteria-cls cv` made, registered: its best fold, loaded back by alias."
-    r = json.loads(ok(cli(model, 'register', '--run-id', model['parent_id'], '--name', 'cli-test-model')))
+    res = cli(model, 'register', '--run-id', model['parent_id'], '--name', 'cli-test-model', '--json')
+    r = json.loads(ok(res))
     assert r['uri'] == 'models:/cli-test-model@champion' and r['version'] == 1
+    best = model['best_fold']
+    # it says what it registers, and that this smoke run (train.max_steps=3) is no model to rely on
+    pid = model['parent_id']
+    assert f"registering run {pid}: fold {best} of CV run {pid} (its best fold)" in res.stderr
+    assert 'params file' in res.stderr and 'smoke.yaml' in res.stderr and 'optimizer steps' in res.stderr
+    assert 'warning: this looks like a smoke-test run (train.max_steps=3' in res.stderr
+    assert '@champion all the same' in res.stderr
+    assert r['warning'].startswith('this looks like a smoke-test run')
     got = json.loads(ok(cli(model, 'predict', '--model', r['uri'], '--post', POST, '--criterion', 'A4')))
     want = model['best'].predict([{'post': POST, 'criterion_id': 'A4'}]).iloc[0]
     assert abs(got['probability'] - want.probability) < 1e-6
-    bad(cli(model, 'predict', '--model', 'models:/cli-test-model@nobody', '--post', POST, '--criterion', 'A4'), 'cannot load models:/cli-test-model@nobody')
+    bad(cli(model, 'predict', '--model', 'models:/cli-test-model@nobody', '--post', POST, '--criterion', 'A4'),
+        'cannot load models:/cli-test-model@nobody')
     bad(cli(model, 'register', '--run-id', 'fffffffffffffffff'), 'no MLflow run')
 
 
@@ -107,3 +121,42 @@ def test_bench(model):
     assert 0 < b['latency_ms']['p50'] <= b['latency_ms']['p95'] <= b['latency_ms']['p99'] and b['throughput_pairs_s'] > 0
     assert b['screen_prefix_reuse'] is False
     bad(cli(model, 'bench'), '--model')
+
+
+def at_terminal(m, *args):
+    "Run `criteria-cls` with stdout on a pseudo-terminal, as at a shell; (exit status, screen text, stderr)."
+    master, slave = pty.openpty()
+    r = subprocess.run([EXE, *map(str, args)], stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                       text=True, cwd=m['tmp'], env=m['env'], timeout=600)
+    os.close(slave)
+    out = b''
+    while True:
+        try: chunk = os.read(master, 65536)
+        except OSError: break
+        if not chunk: break
+        out += chunk
+    os.close(master)
+    return r.returncode, out.decode().replace('\r\n', '\n'), r.stderr
+
+
+def test_screen_and_predict_at_a_terminal_print_a_table(model):
+    rc, out, err = at_terminal(model, 'screen', '--model', model['folder'], '--post', POST)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"model {model['folder']}: minilm-l6 + lora") and out.count(str(model['folder'])) == 1
+    assert lines[1].split() == ['criterion', 'name', 'probability', 'decision', 'threshold']
+    want = model['predictor'].screen(POST)
+    assert [l.split()[:3] for l in lines[2:]] == [[c, n, f'{p:.3f}'] for c, n, p in zip(want.criterion_id, want.name,
+                                                                                      want.probability)]
+    assert [l.split()[3] for l in lines[2:]] == ['match' if y else 'no' for y in want.label]
+    rc, out, err = at_terminal(model, 'predict', '--model', model['folder'], '--post', POST, '--criterion', 'A4')
+    assert rc == 0, err
+    assert out.splitlines()[2].split()[:2] == ['A4', 'SLEEP_ISSUES'] and len(out.splitlines()) == 3
+    rc, out, err = at_terminal(model, 'screen', '--model', model['folder'], '--post', POST, '--json')
+    assert [json.loads(l)['criterion_id'] for l in out.splitlines()] == model['criteria']   # --json: JSON lines anyway
+
+
+def test_bench_train_json_is_json_only(model, root):
+    r = cli(model, 'bench', 'train', '--params', root / 'params/smoke.yaml', '--n', 16, '--steps', 1, '--json')
+    b = json.loads(ok(r))                                        # the whole of stdout is one JSON document
+    assert b['ours']['pairs_per_s'] > 0 and b['ours_padded']['pairs_per_s'] > 0

@@ -1,11 +1,13 @@
-"`mlflow models serve` on a registered criteria-cls model: answers equal `Predictor`'s, bad requests get a 4xx with a message."
+"""`make serve` (what the README says to run) on a registered criteria-cls model, from a shell where the venv is not
+activated: answers equal `Predictor`'s, bad requests get a 4xx with a message."""
 import json, os, shutil, signal, socket, subprocess, sys, time, urllib.error, urllib.request
 from pathlib import Path
 import numpy as np
 import pytest
 
 NAME = 'serve-test-criteria-cls'
-MLFLOW = shutil.which('mlflow', path=str(Path(sys.executable).parent)) or 'mlflow'
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = str(Path(sys.executable).parent)
 PAIRS = [{'post': 'I lie awake until 4am every night and sleep through my alarms.', 'criterion_id': 'A4'},
          {'post': 'Great leg day today, new squat record!', 'criterion_id': 'A9'},
          {'post': 'Everything is my fault, I ruin whatever I touch.', 'criterion_id': 'own', 'criterion': 'The person blames themselves.'}]
@@ -50,12 +52,14 @@ def wait_ready(proc, base, limit=150):
 def test_serve_invocations(registered):
     port = free_port()
     base = f'http://127.0.0.1:{port}'
-    env = {**os.environ, 'MLFLOW_TRACKING_URI': registered['uri'], 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1',
-           'TOKENIZERS_PARALLELISM': 'false', 'NO_PROXY': '127.0.0.1,localhost',
-           'PATH': os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')])}  # mlflow execs `uvicorn` from PATH
-    proc = subprocess.Popen([MLFLOW, 'models', 'serve', '-m', f'models:/{NAME}@champion', '--env-manager', 'local',
-                             '-h', '127.0.0.1', '-p', str(port), '-w', '1'],
-                            env=env, cwd=registered['tmp'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # a fresh shell: the venv's bin is not on PATH (mlflow execs `uvicorn` from PATH: `make serve` sees to it)
+    path = os.pathsep.join(d for d in os.environ.get('PATH', '').split(os.pathsep) if d and Path(d) != Path(VENV_BIN))
+    env = {**{k: v for k, v in os.environ.items() if k not in ('VIRTUAL_ENV', 'MLFLOW_TRACKING_URI')}, 'PATH': path,
+           'NO_PROXY': '127.0.0.1,localhost'}
+    make = [shutil.which('make') or 'make', '-s', '-C', str(ROOT), 'serve']
+    proc = subprocess.Popen([*make, f'MODEL=models:/{NAME}@champion', f'PORT={port}', f"STORE={registered['uri']}"],
+                            env=env, cwd=registered['tmp'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
         wait_ready(proc, base)
         url = base + '/invocations'
@@ -64,7 +68,8 @@ def test_serve_invocations(registered):
         want = Predictor.from_folders([registered['best']]).predict(PAIRS)
         np.testing.assert_allclose(registered['predictor'].predict(PAIRS).probability.values, want.probability.values, atol=1e-6)
         for body in ({'dataframe_records': PAIRS},
-                     {'dataframe_split': {'columns': ['post', 'criterion_id', 'criterion'], 'data': [[r['post'], r['criterion_id'], r.get('criterion')] for r in PAIRS]}}):
+                     {'dataframe_split': {'columns': ['post', 'criterion_id', 'criterion'],
+                                          'data': [[r['post'], r['criterion_id'], r.get('criterion')] for r in PAIRS]}}):
             status, got = post(url, body)
             assert status == 200, got
             rows = got['predictions']

@@ -101,7 +101,8 @@ def main(argv=None):
         try:
             r = check(backbone, dora, a.steps, a.max_length, a.batch_size)
             print(f"OK   {r['backbone']:<28} {r['adapter']:<6} peak {r['peak_gib']:6.2f} GiB  step {r['step_s']:.3f} s  "
-                  f"(batch {a.batch_size} x {a.max_length} tokens, load {r['load_s']} s, loss {r['loss_first']} -> {r['loss_last']})", flush=True)
+                  f"(batch {a.batch_size} x {a.max_length} tokens, load {r['load_s']} s, "
+                  f"loss {r['loss_first']} -> {r['loss_last']})", flush=True)
         except Exception as e:
             failed += 1
             print(f"FAIL {backbone:<28} {'QDoRA' if dora else 'QLoRA':<6} {type(e).__name__}: {e}", flush=True)
