@@ -44,6 +44,9 @@ test: install lint  ## lint, notebooks clean and in sync, then nbdev_test, then 
 cv: install  ## cross-validate the default profile (PARAMS=...) and report where the results are
 	$(BIN)/criteria-cls cv --params $(PARAMS)
 
+recipes: install  ## the recipe ablation on dev (nbs/experiments/recipes.ipynb, ~40 min): reports/recipes/recipes.html and .csv
+	$(PY) -c 'from criteria_cls.pipeline import run_recipes; run_recipes("$(PARAMS)")'
+
 lab: install  ## JupyterLab on nbs/
 	$(BIN)/jupyter lab --notebook-dir=nbs
 
@@ -65,4 +68,4 @@ clean:  ## remove build outputs and caches (keeps .venv, mlflow.db, mlruns/ and 
 	rm -rf build dist *.egg-info _docs _proc .pytest_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help install lint test cv lab mlflow-ui serve readme clean
+.PHONY: help install lint test cv recipes lab mlflow-ui serve readme clean

@@ -18,8 +18,8 @@ from . import tracking
 
 # %% auto #0
 __all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'run_name', 'run_dir', 'CVRun', 'load_cv', 'holdout_parts', 'run_parts',
-           'log_fold', 'FoldOutcome', 'fold_job', 'fold_table', 'time_table', 'CVSummary', 'cv_summary',
-           'summary_markdown', 'Aggregate', 'aggregate_job']
+           'log_fold', 'FoldOutcome', 'fold_job', 'fold_table', 'time_table', 'always_yes_f1', 'CVSummary',
+           'cv_summary', 'summary_markdown', 'Aggregate', 'aggregate_job']
 
 # %% ../nbs/12_jobs.ipynb #bbe7365b
 def run_name(p) -> str:
@@ -86,14 +86,16 @@ def run_parts(client, run, p, table:PairTable) -> dict:
     if kind == 'holdout': return holdout_parts(p, table)
     raise InputError(f"run {run.info.run_id} is neither a fold nor a holdout run (kind={kind})")
 
-# %% ../nbs/12_jobs.ipynb #10b2896b
+# %% ../nbs/12_jobs.ipynb #89f2a91d
 def log_fold(client, run_id:str, result:FoldResult, fold:int) -> tuple:
     "Log a trained fold's history, test metrics, timings and prediction tables; `(test predictions, test metrics)`."
     for h in result.history:
         tracking.log_metrics(client, run_id, {k: v for k, v in h.items() if k != 'epoch'}, step=int(h['epoch']))
     test = result.test_predictions.assign(threshold=result.threshold, fold=fold)
     m = binary_metrics(test.label, test.prob, result.threshold)
+    epochs = sum(1 for h in result.history if h['epoch'] > 0)    # epoch 0 is the probe (no fine-tuning)
     tracking.log_metrics(client, run_id, {**{f'test_{a}': b for a, b in m.items()}, 'best_epoch': result.best_epoch,
+                                          'epochs_run': epochs, 'optimizer_steps': result.timings.get('optimizer_steps', 0),
                                           **{f'time_{a}': b for a, b in result.timings.items()}})
     # what ran, where the params only say what was asked (`auto`): the autocast mode, the frozen layers cached
     tracking.log_params(client, run_id, {'ran': {k: result.timings[k] for k in ('precision', 'frozen_layers_cached')
@@ -149,17 +151,19 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     names = dict(zip(table.criteria.criterion_id, table.criteria.name))
     return FoldOutcome(run_id, k, p, result, m, criterion_table(test), names, out)
 
-# %% ../nbs/12_jobs.ipynb #d7f2b23c
+# %% ../nbs/12_jobs.ipynb #04d305dd
 METRICS = ['f1', 'precision', 'recall', 'accuracy', 'weighted_f1', 'roc_auc', 'pr_auc']
 CI_METRICS = ('f1', 'precision', 'recall', 'roc_auc', 'pr_auc')
 
 def fold_table(latest:dict) -> pd.DataFrame:
     "One row per fold from its latest finished run: test metrics, threshold, best epoch, run id."
     rows = [{'fold': k, 'run_id': r.info.run_id, **{a: r.data.metrics.get(f'test_{a}') for a in METRICS},
-             'threshold': r.data.metrics.get('test_threshold'), 'best_epoch': r.data.metrics.get('best_epoch')}
+             'threshold': r.data.metrics.get('test_threshold'), 'best_epoch': r.data.metrics.get('best_epoch'),
+             'epochs_run': r.data.metrics.get('epochs_run'), 'optimizer_steps': r.data.metrics.get('optimizer_steps')}
             for k, r in sorted(latest.items())]
     df = pd.DataFrame(rows)
-    if len(df): df['best_epoch'] = df.best_epoch.astype('Int64')   # an epoch (MLflow keeps every metric as a float)
+    for c in ('best_epoch', 'epochs_run', 'optimizer_steps'):   # counts (MLflow keeps every metric as a float)
+        if len(df): df[c] = df[c].astype('Float64').round().astype('Int64')
     return df
 
 # %% ../nbs/12_jobs.ipynb #7629b984
@@ -178,7 +182,11 @@ def time_table(metrics:dict) -> pd.DataFrame:
                                                                             'wall': wall}
     return pd.DataFrame.from_dict(rows, orient='index', columns=[*TIME_STAGES, 'other', 'wall'])
 
-# %% ../nbs/12_jobs.ipynb #0d3d6cef
+# %% ../nbs/12_jobs.ipynb #17e8f71c
+def always_yes_f1(p:float) -> float:
+    "F1 of answering yes to every pair when a share `p` of them is positive: precision p, recall 1, so 2p/(1+p)."
+    return 2 * p / (1 + p) if p > 0 else 0.0
+
 def _r4(v):
     "Rounded to 4 decimals for the summary (None for missing or non-finite values)."
     return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else round(float(v), 4)
@@ -197,8 +205,10 @@ def cv_summary(preds:pd.DataFrame,      # pooled out-of-fold test predictions (p
                names:dict,              # criterion_id → name
                run:dict,                # run, parent_run_id, experiment, backbone, peft, data_hash, split_hash
                n_boot:int=1000, seed:int=42) -> CVSummary:
-    "Pooled metrics with bootstrap CIs, the spread over folds, per criterion, the baseline: a pure function."
-    per = criterion_table(preds)
+    "Pooled metrics with bootstrap CIs, the spread over folds, per criterion, the baseline and the trivial references: a pure function."
+    per, base_per = criterion_table(preds), criterion_table(baseline)
+    rate = preds.groupby('criterion_id').label.mean().to_dict()
+    rate = {c: rate.get(c, preds.label.mean()) for c in per.index}    # criterion_table's pooled row: every pair
     ci = {a: bootstrap_ci(preds, a, n=n_boot, seed=seed) for a in CI_METRICS}
     base_ci = bootstrap_ci(baseline, 'f1', n=n_boot, seed=seed)
     best = folds.loc[folds.f1.idxmax()]
@@ -209,27 +219,38 @@ def cv_summary(preds:pd.DataFrame,      # pooled out-of-fold test predictions (p
                              'max': _r4(folds[a].max())} for a in METRICS},
         'best_fold': {'fold': int(best.fold), 'f1': _r4(best.f1), 'run_id': best.run_id},
         'per_criterion': {c: {'name': names.get(c, c), **{a: _r4(per.loc[c, a]) for a in ('f1', 'precision', 'recall', 'roc_auc')},
-                              'support': int(per.loc[c, 'support'])} for c in per.index},
+                              'support': int(per.loc[c, 'support']), 'tfidf_f1': _r4(base_per.f1.get(c)),
+                              'positive_rate': _r4(rate[c]), 'always_yes_f1': _r4(always_yes_f1(rate[c]))} for c in per.index},
         'baseline_tfidf_lr': {'f1': _r4(base_ci['value']), 'low': _r4(base_ci['low']), 'high': _r4(base_ci['high'])},
+        'references': {'positive_rate': _r4(preds.label.mean()), 'always_yes_f1': _r4(always_yes_f1(preds.label.mean()))},
         'thresholds': {int(k): _r4(v) for k, v in zip(folds.fold, folds.threshold)},
     }
     return CVSummary(doc, per, ci, base_ci)
 
-# %% ../nbs/12_jobs.ipynb #2cbd48cc
+# %% ../nbs/12_jobs.ipynb #d1e58181
 def summary_markdown(s:dict) -> str:
     "The summary as a short Markdown page."
     o, b = s['pooled_oof'], s['baseline_tfidf_lr']
+    d, g, ref = s.get('data') or {}, s.get('budget') or {}, s['references']
     lines = [f"# {s['run']}", '', f"{s['folds']}-fold cross-validation of `{s['backbone']}` + {s['peft']} "
-             f"(data {s['data_hash']}, split {s['split_hash']}).", '',
-             '| metric | pooled out-of-fold (95% CI) | mean ± std over folds |', '|---|---|---|']
+             f"(data {s['data_hash']}, split {s['split_hash']}).", '']
+    if d: lines += [f"Data: `{d['path']}` ({d['format']}): {d['posts']} posts, {d['pairs']} (post, criterion) pairs, "
+                    f"positive rate {d['positive_rate']:.3f}.", '']
+    if g: lines += [f"Training budget: profile `{g['profile']}`, at most {g['max_epochs']} epochs; epochs run per fold "
+                    f"{g['epochs_run']}, optimizer steps per fold {g['optimizer_steps']}.", '']
+    lines += ['| metric | pooled out-of-fold (95% CI) | mean ± std over folds |', '|---|---|---|']
     for a in CI_METRICS:
         f = s['across_folds'][a]
         lines.append(f"| {a} | {o[a]['value']:.3f} ({o[a]['low']:.3f}–{o[a]['high']:.3f}) | {f['mean']:.3f} ± {f['std']:.3f} |")
-    lines += ['', f"TF-IDF + logistic regression on the same folds: F1 {b['f1']:.3f} ({b['low']:.3f}–{b['high']:.3f}).", '',
-              '| criterion | name | F1 | precision | recall | ROC-AUC | positives |', '|---|---|---|---|---|---|---|']
+    lines += ['', f"TF-IDF + logistic regression on the same folds: F1 {b['f1']:.3f} ({b['low']:.3f}–{b['high']:.3f}). "
+              f"Trivial references: positive rate {ref['positive_rate']:.3f}; answering yes to every pair scores F1 "
+              f"{ref['always_yes_f1']:.3f} (2p/(1+p)).", '',
+              '| criterion | name | F1 | TF-IDF F1 | always-yes F1 | precision | recall | ROC-AUC | positives |',
+              '|---|---|---|---|---|---|---|---|---|']
     fmt = lambda v: '–' if v is None else f'{v:.3f}'
     for c, r in s['per_criterion'].items():
-        lines.append(f"| {c} | {r['name']} | {fmt(r['f1'])} | {fmt(r['precision'])} | {fmt(r['recall'])} | "
+        lines.append(f"| {c} | {r['name']} | {fmt(r['f1'])} | {fmt(r.get('tfidf_f1'))} | {fmt(r.get('always_yes_f1'))} | "
+                     f"{fmt(r['precision'])} | {fmt(r['recall'])} | "
                      f"{fmt(r['roc_auc'])} | {r['support']} |")
     return '\n'.join(lines) + '\n'
 
@@ -261,7 +282,7 @@ def _write_summary(out:Path, s:CVSummary, preds:pd.DataFrame, folds:pd.DataFrame
     preds.to_csv(out / 'oof_predictions.csv', index=False)
     return [out / f for f in ('summary.json', 'thresholds.json', 'summary.md')]
 
-# %% ../nbs/12_jobs.ipynb #b2815841
+# %% ../nbs/12_jobs.ipynb #42b123cc
 def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None) -> Aggregate:
     "Pool the child runs of a CV: metrics with CIs, spread over folds, baseline; write and log the summary files."
     client, cv = tracking.get_client(tracking_uri), load_cv(parent_id, tracking_uri)
@@ -277,8 +298,14 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
     folds, table = fold_table(latest), load_table(p)
     base = tfidf_baseline(table, cv.folds['folds'], p.metrics.threshold_step, metric=p.metrics.select)
     names = dict(zip(table.criteria.criterion_id, table.criteria.name))
+    tags = tracking.with_retry(client.get_run, parent_id).data.tags
     run = {'run': cv.name, 'parent_run_id': parent_id, 'experiment': p.experiment, 'backbone': p.model.backbone,
-           'peft': p.model.peft, 'folds': n, 'data_hash': cv.folds['data_hash'], 'split_hash': cv.folds['split_hash']}
+           'peft': p.model.peft, 'folds': n, 'data_hash': cv.folds['data_hash'], 'split_hash': cv.folds['split_hash'],
+           'data': {'path': p.data.path, 'format': p.data.format, 'posts': int(table.pairs.post_id.nunique()),
+                    'pairs': len(table.pairs), 'positive_rate': _r4(table.pairs.label.mean())},
+           'budget': {'profile': tags.get('params_file', ''), 'max_epochs': p.train.epochs, 'max_steps': p.train.max_steps,
+                      'epochs_run': [None if pd.isna(x) else int(x) for x in folds.epochs_run],   # None: not recorded
+                      'optimizer_steps': [None if pd.isna(x) else int(x) for x in folds.optimizer_steps]}}
     s = cv_summary(preds, folds, base, names, run, p.metrics.bootstrap, p.seed)
     for f in _write_summary(out, s, preds, folds): tracking.log_artifact(client, parent_id, f, 'summary')
     tracking.log_frame(client, parent_id, preds, 'oof_predictions')

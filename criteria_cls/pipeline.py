@@ -23,7 +23,8 @@ from . import tracking
 # %% auto #0
 __all__ = ['KERNEL', 'KERNEL_ARGS', 'notebooks_dir', 'kernel_argv', 'ensure_kernel', 'NotebookFailed', 'execute_notebook',
            'data_tags', 'log_params_file', 'start_cv', 'create_fold_run', 'cells_after', 'log_times', 'run_fold',
-           'close_stale_runs', 'run_aggregate', 'ui_command', 'resume_command', 'format_times', 'run_cv', 'run_holdout']
+           'close_stale_runs', 'run_aggregate', 'ui_command', 'resume_command', 'format_times', 'run_cv', 'run_holdout',
+           'run_recipes']
 
 # %% ../nbs/13_pipeline.ipynb #f485db84
 KERNEL = 'criteria-cls'
@@ -346,3 +347,20 @@ def run_holdout(params_file, overrides=(), progress:bool=True, log=print) -> dic
         f"browse it: {ui_command(p.tracking.uri)}")
     log(f'where the time went:\n{format_times(time_table({"holdout": m}))}')
     return {'run_id': rid, 'dir': d, 'report': report, 'metrics': m, 'times': times}
+
+# %% ../nbs/13_pipeline.ipynb #194e5f38
+def run_recipes(params_file='params/default.yaml',  # the base profile every row overrides
+                overrides=(),                       # applied to every row (e.g. another dataset)
+                rows:dict|None=None,                # recipe name -> overrides (None: the notebook's rows)
+                out_dir='reports/recipes',          # where recipes.ipynb, recipes.html and recipes.csv go
+                title:str='', progress:bool=True, log=print) -> Path:
+    "Run the recipe ablation notebook with papermill; returns its HTML report."
+    out = Path(out_dir).resolve(); out.mkdir(parents=True, exist_ok=True)
+    nb, t0 = out / 'recipes.ipynb', time.time()
+    src = notebooks_dir().parent / 'experiments' / 'recipes.ipynb'
+    params = {'params': str(Path(params_file).resolve()), 'overrides': list(overrides), 'output_dir': str(out),
+              **({'rows': rows} if rows is not None else {}), **({'title': title} if title else {})}
+    execute_notebook(src, nb, params, progress=progress)
+    html = render_html(nb, out / 'recipes.html', hide_input=True, title='criteria-cls: which recipe (dev)')
+    log(f"recipe table: {out / 'recipes.csv'}\nreport: {html} ({time.time() - t0:.0f} s)")
+    return html
