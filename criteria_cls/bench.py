@@ -25,7 +25,7 @@ from .splits import fold_pairs
 __all__ = ['trainer_anchor', 'bench_train', 'format_bench_train', 'dev_predictions', 'crossfit_f1', 'recipe_row', 'baseline_dev',
            'demo_posts', 'bench_pairs', 'bench', 'format_bench']
 
-# %% ../nbs/10_bench.ipynb #82295395
+# %% ../nbs/10_bench.ipynb #8f2b31a6
 def _time_steps(model, task, p, steps:int, precision:str, pad_to:int|None=None) -> dict:
     "Time `steps` optimizer steps of our loop (after one untimed warm-up) over length-grouped groups of `task`'s units."
     T = p.train
@@ -50,8 +50,9 @@ def _time_steps(model, task, p, steps:int, precision:str, pad_to:int|None=None) 
                  if hasattr(task, 'suffixes') else task.lengths[j] for g in timed for j in g)
     padded = sum(int(task.batch(g[i:i + state.micro])['input_ids'].numel()) for g in timed for i in range(0, len(g), state.micro))
     task.pad_to = None
+    shared = hasattr(task, 'suffixes')     # tokens: each pair's whole prompt, as the separate pairs would read it
     return {'pairs_per_s': pairs / s, 'tokens_per_s': tokens / s, 'ms_per_pair': 1000 * s / pairs,
-            'pad_fraction': 1 - tokens / padded, 'seconds': s, 'pairs': pairs}
+            'pad_fraction': None if shared else 1 - tokens / padded, 'seconds': s, 'pairs': pairs}
 
 # %% ../nbs/10_bench.ipynb #d84e622c
 class _StepClock(TrainerCallback):
