@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
 PAIRS = [{'post': 'I lie awake until 4am every night and sleep through my alarms.', 'criterion_id': 'A4'},
          {'post': 'Great leg day today, new squat record!', 'criterion_id': 'A9'},
-         {'post': 'Everything is my fault, I ruin whatever I touch.', 'criterion_id': 'own', 'criterion': 'The person blames themselves.'}]
+         {'post': 'Everything is my fault, I ruin whatever I touch.', 'criterion_id': 'A1'}]
 
 
 @pytest.fixture(scope='module')
@@ -63,7 +63,7 @@ def test_serve_invocations(registered):
     try:
         wait_ready(proc, base)
         url = base + '/invocations'
-        # good rows: by criterion id and by criterion text, in two request formats; the scores of the best fold's folder
+        # good rows, in two request formats; the scores of the best fold's folder
         from criteria_cls.infer import Predictor
         want = Predictor.from_folders([registered['best']]).predict(PAIRS)
         np.testing.assert_allclose(registered['predictor'].predict(PAIRS).probability.values, want.probability.values, atol=1e-6)
@@ -73,7 +73,7 @@ def test_serve_invocations(registered):
             status, got = post(url, body)
             assert status == 200, got
             rows = got['predictions']
-            assert [r['criterion_id'] for r in rows] == ['A4', 'A9', 'own']
+            assert [r['criterion_id'] for r in rows] == ['A4', 'A9', 'A1']
             np.testing.assert_allclose([r['probability'] for r in rows], want.probability.values, atol=1e-6)
             assert [r['label'] for r in rows] == want.label.tolist()
             assert all(r['threshold'] == registered['predictor'].threshold for r in rows)
@@ -85,6 +85,10 @@ def test_serve_invocations(registered):
         status, got = post(url, {'dataframe_records': [{'post': 'I feel low.', 'criterion_id': 'Z9'}]})
         assert 400 <= status < 500, (status, got)
         assert "unknown criterion_id 'Z9'" in got.get('message', '') and 'A1, A4, A9' in got['message'], got
+        # a criterion of the caller's own: the smoke model has one output per trained criterion, and says which
+        status, got = post(url, {'dataframe_records': [{'post': 'I feel low.', 'criterion_id': 'own', 'criterion': 'Low.'}]})
+        assert 400 <= status < 500, (status, got)
+        assert 'scores only the criteria it was trained with: A1, A4, A9' in got.get('message', ''), got
         # an empty post
         status, got = post(url, {'dataframe_records': [{'post': '', 'criterion_id': 'A1'}]})
         assert 400 <= status < 500 and "missing or empty 'post'" in got.get('message', ''), (status, got)
