@@ -18,3 +18,16 @@ def tiny_fold(folder, overrides=(), pairs:int=48, steps:int=3, params=ROOT / 'pa
     part = lambda a, b: t.pairs[t.pairs.post_id.isin(ids[a:b])].reset_index(drop=True)
     r = train_fold(p, part(0, 12), part(12, 16), part(16, 20), progress=False)
     return save_fold_model(folder, r.model, r.tokenizer, p, r.threshold, t.criteria, {'fold': 0}), r, part(16, 20)
+
+
+def needs_benchmarks(name:str=''):
+    """`../shared/benchmarks/<name>` when it is there; else None after printing why the test is skipped.
+
+    Under `CI=true` a missing `name` while `../shared/benchmarks` itself exists is an error, not a skip."""
+    import os
+    path = BENCH / name
+    if path.exists(): return path
+    if os.environ.get('CI') == 'true' and BENCH.exists():
+        raise FileNotFoundError(f'{path} is missing although {BENCH} is there (CI=true): the test cannot be skipped')
+    print(f'skipped: needs ../shared/benchmarks/{name}: real benchmark data not present at {path}')
+    return None
