@@ -1,9 +1,9 @@
 """One criterion, the commonest shape in this field ('Does the poster suffer from depression?'), in every data
-format, through `criteria-cls cv` and `holdout`: tiny data written here, the smoke profile."""
+format: the loaders, folds and holdout parts in process for each, `criteria-cls cv` for one; tiny data written here."""
 import json
 from pathlib import Path
 import pandas as pd, pytest
-from conftest import run_cli, smoke_overrides, store_env
+from conftest import ROOT, run_cli, smoke_overrides, store_env
 
 QUESTION = 'Does the poster suffer from depression?'
 SAD = ['I have felt empty and hopeless for weeks', 'nothing matters anymore and I cry every night',
@@ -41,19 +41,44 @@ def write(fmt:str, d:Path, name:str, rows:list) -> Path:
     return f
 
 
+def params_for(fmt:str, d:Path, extra=()) -> tuple:
+    "The smoke params on a one-criterion dataset of format `fmt` written under `d`, and the override strings."
+    from criteria_cls.config import load_params
+    (d / 'criteria.yaml').write_text(CRITERIA)
+    data = ['data.format=' + fmt, f'data.path={write(fmt, d, "train", posts(0, 18))}', 'data.criteria_ids=null',
+            f'data.criteria={d / "criteria.yaml"}', *extra]
+    return load_params(ROOT / 'params' / 'smoke.yaml', data), data
+
+
 @pytest.mark.parametrize('fmt', ['redsm5', 'redsm5_single', 'pairs', 'imhi'])
-def test_one_criterion_cv_and_holdout(fmt, tmp_path):
-    (tmp_path / 'criteria.yaml').write_text(CRITERIA)
-    data = ['data.format=' + fmt, f'data.path={write(fmt, tmp_path, "train", posts(0, 18))}', 'data.criteria_ids=null',
-            f'data.criteria={tmp_path / "criteria.yaml"}']
+def test_one_criterion_in_every_format(fmt, tmp_path):
+    "Each loader reads the one criterion (in process), the folds are stratified on its label, the holdout parts are apart."
+    from criteria_cls.data import load_table
+    from criteria_cls.jobs import holdout_parts
+    from criteria_cls.splits import fold_pairs, folds_from_params
+    test = tmp_path / 'held'; test.mkdir()
+    p, _ = params_for(fmt, tmp_path, [f'data.test_path={write(fmt, test, "test", posts(100, 9))}'])
+    t = load_table(p)
+    assert (t.pairs.post_id.nunique(), t.pairs.criterion_id.nunique(), int(t.pairs.label.sum())) == (18, 1, 6)
+    doc = folds_from_params(t, p)
+    ids = [q for q, _, _ in posts(0, 18)]
+    if fmt != 'imhi': assert sorted(q for f in doc['folds'] for q in f['test']) == ids   # IMHI ids hash the text
+    assert [len(f['test']) for f in doc['folds']] == [9, 9]
+    assert [int(fold_pairs(t, doc, k)['test'].label.sum()) for k in (0, 1)] == [3, 3]  # stratified: 3 positives each
+    parts = holdout_parts(p, t)
+    assert (parts['test'].post_id.nunique(), int(parts['test'].label.sum())) == (9, 3)
+    assert not set(parts['test'].post_id) & (set(parts['train'].post_id) | set(parts['dev'].post_id))
+
+
+def test_one_criterion_cv_through_the_cli(tmp_path):
+    "One format end to end as a user runs it: `data`, then `cv --jobs 2` (the holdout CLI is tested on IMHI)."
+    _, data = params_for('redsm5', tmp_path)
     env = store_env(tmp_path)
     r = run_cli(env, 'data', '--params', 'params/smoke.yaml', *data, '--json', '--words')
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout)
     assert (s['posts'], s['criteria'], s['positive'], s['splittable']) == (18, 1, 6, True)
-
-    out = smoke_overrides(tmp_path, f'one-{fmt}')
-    r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *data, *out, '--jobs', 2, '--quiet')
+    r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *data, *smoke_overrides(tmp_path, 'one'), '--jobs', 2, '--quiet')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'Traceback' not in r.stderr
     d = Path(r.stdout.split('notebooks and summary: ')[1].split('\n')[0])
@@ -61,15 +86,5 @@ def test_one_criterion_cv_and_holdout(fmt, tmp_path):
     assert len(summary['per_criterion']) == 2 and summary['folds'] == 2       # the criterion and ALL
     [crit] = [v for k, v in summary['per_criterion'].items() if k != 'ALL']
     assert crit['support'] == 6                                  # every positive post tested once
-    folds = json.loads((d / 'folds.json').read_text())['folds']
-    ids = [p for p, _, _ in posts(0, 18)]
-    if fmt != 'imhi': assert sorted(p for f in folds for p in f['test']) == ids   # IMHI ids hash the text
-    assert [len(f['test']) for f in folds] == [9, 9]
     tested = [pd.read_csv(d / f'fold_{k}_test_predictions.csv') for k in (0, 1)]
-    assert [int(t.label.sum()) for t in tested] == [3, 3]       # stratified on the one label: 3 positives each
-
-    test = ['data.test_path=' + str(write(fmt, tmp_path, 'test', posts(100, 9)))]
-    out = smoke_overrides(tmp_path, f'one-{fmt}-holdout')
-    r = run_cli(env, 'holdout', '--params', 'params/smoke.yaml', *data, *test, *out, '--quiet')
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert 'test F1' in r.stdout and 'Traceback' not in r.stderr
+    assert [int(t.label.sum()) for t in tested] == [3, 3]

@@ -112,29 +112,6 @@ def test_aggregate_again_gives_the_same_summary(smoke_cv):
     assert numbers(json.loads((smoke_cv['dir'] / 'summary.json').read_text())) == numbers(smoke_cv['summary'])
 
 
-def test_fold_by_fold_then_resume_gives_the_same_summary(smoke_cv):
-    "The same CV set up without running folds (as for a scheduler), fold 0 run with `criteria-cls fold`, then `--resume`."
-    tmp, env, client = smoke_cv['tmp'], smoke_cv['env'], smoke_cv['client']
-    r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *smoke_overrides(tmp, 'e2e-resume'), '--only-folds', '', '--quiet')
-    assert r.returncode == 0, r.stderr[-3000:]
-    [p2] = parents(client, 'e2e-resume')
-    r = run_cli(env, 'fold', '--parent-run-id', p2.info.run_id, '--fold', 0, '--quiet', '--json')
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout)['fold'] == 0                     # stdout is the JSON result and nothing else
-    assert f"MLflow store: {env['MLFLOW_TRACKING_URI']}" in r.stderr and 'reports and fold models:' in r.stderr
-    k = smoke_cv['summary']['folds']
-    r = run_cli(env, 'fold', '--parent-run-id', p2.info.run_id, '--fold', k + 3)
-    assert r.returncode == 2 and 'does not exist' in r.stderr
-    p2 = client.get_run(p2.info.run_id)
-    assert p2.info.status == 'RUNNING' and not (Path(p2.data.tags['run_dir']) / 'summary.json').exists()
-    r = run_cli(env, 'cv', '--resume', p2.info.run_id, '--quiet')
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert 'already finished' in r.stdout
-    p2 = client.get_run(p2.info.run_id)
-    assert p2.info.status == 'FINISHED' and len(children(client, p2)) == k
-    assert numbers(json.loads((Path(p2.data.tags['run_dir']) / 'summary.json').read_text())) == numbers(smoke_cv['summary'])
-
-
 def test_failing_fold_marks_runs_failed(smoke_cv):
     tmp, env, client = smoke_cv['tmp'], smoke_cv['env'], smoke_cv['client']
     r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *smoke_overrides(tmp, 'e2e-fail'), 'model.backbone=/nonexistent/model-folder',
@@ -163,41 +140,52 @@ def test_holdout_on_imhi(tmp_path, root, bench):
     assert 'report/report.html' in artifacts(client, run.info.run_id, 'report')
 
 
-def test_params_outside_the_project_then_kill_and_resume(smoke_cv, tmp_path):
+def test_outside_the_project_fold_by_fold_kill_and_resume(smoke_cv, tmp_path):
     """A params file kept outside the project extends params/smoke.yaml by absolute path and runs from a third folder:
-    the project's data is found, the store and reports go beside the params file. Killed with SIGKILL in fold 1, the
-    CV resumes: the killed run is closed as KILLED, and the summary is that of the uninterrupted smoke CV."""
+    the project's data is found, the store and reports go beside the params file. The CV is set up without running
+    folds (as for a scheduler), fold 0 runs with `criteria-cls fold`, fold 1 is killed with SIGKILL inside its notebook,
+    then `cv --resume` closes the killed run as KILLED and finishes: the summary is that of the uninterrupted smoke CV."""
     exp, work = tmp_path / 'exp', tmp_path / 'work'
     exp.mkdir(); work.mkdir()
     (exp / 'irf.yaml').write_text(f'extends: {ROOT}/params/smoke.yaml\nexperiment: e2e-outside\n')
     env = {k: v for k, v in store_env(tmp_path).items() if k != 'MLFLOW_TRACKING_URI'}
-    env['PYTHONUNBUFFERED'] = '1'          # its lines reach cv.out as they are printed
-    out = (tmp_path / 'cv.out').open('w')
-    proc = subprocess.Popen([EXE, 'cv', '--params', str(exp / 'irf.yaml'), '--quiet'], cwd=work, env=env, stdout=out,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    client, t0 = None, time.time()
-    try:
-        while time.time() - t0 < 900:      # wait for fold 0 to finish and fold 1 to start training
-            assert proc.poll() is None, (tmp_path / 'cv.out').read_text()[-3000:]
-            if 'fold 0: test F1' in (tmp_path / 'cv.out').read_text():
-                client = client or MlflowClient(f'sqlite:///{exp}/mlflow.db')
-                [parent] = parents(client, 'e2e-outside')
-                if [c for c in children(client, parent) if c.data.tags['fold'] == '1']: break
-            time.sleep(2)
-        time.sleep(15)                     # inside fold 1's notebook
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL); proc.wait(); out.close()
-    printed = (tmp_path / 'cv.out').read_text()
+    store = f'sqlite:///{exp}/mlflow.db'
+    r = run_cli(env, 'cv', '--params', exp / 'irf.yaml', '--only-folds', '', '--quiet', cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    client = MlflowClient(store)
+    [parent] = parents(client, 'e2e-outside')
     d = Path(parent.data.tags['run_dir'])
-    assert f'MLflow store: sqlite:///{exp}/mlflow.db' in printed and f'reports and fold models: {d}' in printed
-    assert d.parent.parent == exp / 'reports' and (d / 'fold_0_model').is_dir()   # outputs beside the params file
-    assert not (work / 'mlflow.db').exists() and not (work / 'reports').exists() and not (work / 'mlruns').exists()
+    assert f'MLflow store: {store}' in r.stdout and f'reports and fold models: {d}' in r.stdout
+    assert d.parent.parent == exp / 'reports'                       # outputs beside the params file
     assert json.loads((d / 'folds.json').read_text())['source'] == str(ROOT / 'data' / 'redsm5_demo')  # project data
+
+    fold_env = {**env, 'MLFLOW_TRACKING_URI': store}
+    r = run_cli(fold_env, 'fold', '--parent-run-id', parent.info.run_id, '--fold', 0, '--quiet', '--json', cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)['fold'] == 0                     # stdout is the JSON result and nothing else
+    assert f'MLflow store: {store}' in r.stderr and 'reports and fold models:' in r.stderr
+    assert (d / 'fold_0_model').is_dir()
+    k = smoke_cv['summary']['folds']
+    r = run_cli(fold_env, 'fold', '--parent-run-id', parent.info.run_id, '--fold', k + 3, cwd=work)
+    assert r.returncode == 2 and 'does not exist' in r.stderr
+
+    proc = subprocess.Popen([EXE, 'fold', '--parent-run-id', parent.info.run_id, '--fold', '1', '--quiet'], cwd=work,
+                            env=fold_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.time()
+    try:
+        while not [c for c in children(client, parent) if c.data.tags['fold'] == '1']:
+            assert proc.poll() is None and time.time() - t0 < 600, 'fold 1 ended before it could be killed'
+            time.sleep(1)
+        time.sleep(8)                      # inside fold 1's notebook
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+    assert not (work / 'mlflow.db').exists() and not (work / 'reports').exists() and not (work / 'mlruns').exists()
     [killed] = [c for c in children(client, parent) if c.data.tags['fold'] == '1']
     assert killed.info.status == 'RUNNING' and client.get_run(parent.info.run_id).info.status == 'RUNNING'
 
     r = run_cli(env, 'cv', '--resume', parent.info.run_id, '--params', exp / 'irf.yaml', '--quiet', cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert 'folds [0] already finished' in r.stdout
     assert f'fold 1: child run {killed.info.run_id} was left RUNNING by a process that ended; marked KILLED' in r.stdout
     kids = children(client, parent)
     assert client.get_run(killed.info.run_id).info.status == 'KILLED'
