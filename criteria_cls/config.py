@@ -10,9 +10,9 @@ import yaml
 from fastcore.basics import AttrDict
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL_NAME', 'DEFAULT_TEMPLATE', 'SCHEMA', 'INPUT_PATHS', 'OUTPUT_PATHS', 'CHOICES', 'InputError',
-           'parse_override', 'home_of', 'project_root', 'load_params', 'params_dict', 'save_params', 'params_hash',
-           'seed_everything']
+__all__ = ['DEFAULT_MODEL_NAME', 'DEFAULT_TEMPLATE', 'SCHEMA', 'INPUT_PATHS', 'OUTPUT_PATHS', 'CHOICES', 'REFERENCE_FILE',
+           'REGENERATE', 'InputError', 'parse_override', 'home_of', 'project_root', 'load_params', 'params_dict',
+           'save_params', 'params_hash', 'seed_everything', 'params_reference', 'write_params_reference']
 
 # %% ../nbs/00_config.ipynb #3547b1ef
 class InputError(ValueError):
@@ -20,93 +20,128 @@ class InputError(ValueError):
 
 # %% ../nbs/00_config.ipynb #2418a340
 DEFAULT_MODEL_NAME = 'mentallama-criteria-cls'   # the registry's default name for a registered model
-DEFAULT_TEMPLATE = "post: {post}, criterion: {criterion} Does the post match the criterion description? Output yes or no"
+DEFAULT_TEMPLATE = ("post: {post}, criterion: {criterion} Does the post match the criterion description? "
+                    "Output yes or no")
 
 _opt_str = (str, type(None))
 _opt_int = (int, type(None))
 
-SCHEMA = {
-    'experiment': ('criteria-cls-demo', str),
-    'seed': (42, int),
-    'data': {
-        'format': ('redsm5', str),            # redsm5 | redsm5_single | pairs | imhi
-        'path': ('data/redsm5_demo', str),    # a folder (redsm5) or a file
-        'criteria': ('data/criteria/dsm5_mdd.yaml', _opt_str),  # needed where the data carries no criterion text
-        'test_path': (None, _opt_str),        # holdout mode: a second dataset used only as test
-        'symptom_map': ({}, dict),            # rename symptom names found in the data to criteria names
-        'ignore_symptoms': ([], list),        # symptom names to drop (e.g. SPECIAL_CASE)
-        'criteria_ids': (None, (list, type(None))),  # keep only these criteria (default: all in the criteria file)
-    },
-    'cv': {
-        'folds': (5, int),
-        'dev_fraction': (0.15, float),
-        'method': ('multilabel', str),        # multilabel (iterative stratification) | group (StratifiedGroupKFold)
-    },
-    'model': {
-        'backbone': ('minilm-l6', str),       # alias | hub id | folder | .gguf file
-        'peft': ('lora', str),                # lora | dora | qlora | none
-        'use_dora': (False, bool),            # with peft: qlora, DoRA on the 4-bit model (QDoRA)
-        'r': (8, int),
-        'alpha': (16, int),
-        'dropout': (0.05, float),
-        'target_modules': (None, (list, str, type(None))),  # default: chosen per architecture
-        'dtype': ('auto', str),               # auto | float32 | bfloat16 | float16
-        'top_layers': (None, _opt_int),       # adapt only the top N transformer layers (backward stops below them)
-        'gradient_checkpointing': (False, bool),
-        'cache_dir': (None, _opt_str),        # where converted GGUF models are cached
-        'head': ('pair', str),                # pair: one (post, criterion) prompt per output | multi: a post, every criterion
-        'pooling': ('auto', str),             # auto (what the backbone was trained with) | mean | cls | last
-        'segments': ('post', str),            # multi head: the post as one sequence | its sentences (mean and max over them)
-        'criterion_similarity': (False, bool),  # multi head, sentences: add each criterion's best sentence similarity
-        'warm_start': ('none', str),          # none | probe: fit the head on frozen features before fine-tuning
-        'head_dropout': (0.0, float),
-    },
-    'prompt': {
-        'template': (DEFAULT_TEMPLATE, str),
-        'pair_form': (False, bool),           # encoders: tokenizer pair (criterion, post) instead of the template
-        'criterion_text': ('description', str),  # description | name | id: what fills {criterion}
-        'max_length': (256, int),
-        'truncation': ('head_tail', str),     # head | tail | head_tail
-        'head_fraction': (0.5, float),        # head_tail: share of the budget kept from the start of the post
-        'sentence_max_length': (64, int),     # segments=sentences: tokens per sentence piece
-        'max_sentences': (48, int),           # segments=sentences: pieces kept per post (first and last)
-    },
-    'train': {
-        'epochs': (3, int),
-        'patience': (2, int),
-        'lr': (5.0e-4, float),
-        'weight_decay': (0.0, float),
-        'warmup_ratio': (0.06, float),
-        'batch_size': (16, int),
-        'effective_batch_size': (16, int),
-        'eval_batch_size': (64, int),
-        'class_weight': ('balanced', (str, float, int)),  # none | balanced | weight of the positive class
-        'mixed_precision': ('auto', str),     # auto | bf16 | fp16 | no
-        'length_grouped': (True, bool),
-        'max_grad_norm': (1.0, float),
-        'max_steps': (None, _opt_int),        # stop after this many optimizer steps (smoke tests, benches)
-        'max_train_pairs': (None, _opt_int),  # subsample training pairs (smoke tests)
-        # per epoch: every positive + this many negatives per positive, drawn afresh
-        'neg_per_pos': (None, (int, float, type(None))),
-        'threads': (None, _opt_int),          # torch threads (default: torch's choice)
-        'deterministic': (True, bool),
-        'head_lr': (None, (float, type(None))),  # learning rate of the head (default: train.lr)
-        'cache_frozen': (True, bool),         # with model.top_layers: compute the frozen layers once per fold
-        'cache_max_gb': (2.0, float),         # above this, cached activations are kept in bfloat16
-        'shared_prefix': (False, bool),       # decoders, pair head: a post's prompt start runs once for all its criteria
-    },
-    'metrics': {
-        'threshold_step': (0.01, float),
-        'select': ('f1', str),                # what early stopping and the dev threshold maximise: f1 | weighted_f1
-        'bootstrap': (1000, int),
-    },
-    'tracking': {
-        'uri': ('sqlite:///mlflow.db', str),
-        'artifact_location': ('./mlruns', str),
-    },
-    'report': {
-        'dir': ('reports', str),
-    },
+SCHEMA = {   # key: (default, accepted types, what it does); a section is a dict of keys
+    'experiment': ('criteria-cls-demo', str, 'MLflow experiment the runs are recorded under'),
+    'seed': (42, int, 'seeds python, numpy, torch and the splits'),
+}
+
+# %% ../nbs/00_config.ipynb #dfb06dbd
+SCHEMA['data'] = {
+    'format': ('redsm5', str, '`redsm5`: a folder with posts and sentence annotations; `redsm5_single`: one CSV '
+               '`text,labels`; `pairs`: CSV/JSONL `post_id,text,criterion_id,label`; `imhi`: an IMHI '
+               'classification CSV'),
+    'path': ('data/redsm5_demo', str, 'the dataset: a folder (redsm5) or a file'),
+    'criteria': ('data/criteria/dsm5_mdd.yaml', _opt_str,
+                 'criteria file (ids, ReDSM5 symptom names, prompt descriptions); needed where the data carries no '
+                 'criterion text'),
+    'test_path': (None, _opt_str, 'holdout mode: a second dataset used only as test'),
+    'symptom_map': ({}, dict, 'rename symptom names found in the data to criteria names '
+                    '(`{SAD_MOOD: DEPRESSED_MOOD}`); an override replaces it whole'),
+    'ignore_symptoms': ([], list, 'symptom names to drop (e.g. `SPECIAL_CASE`)'),
+    'criteria_ids': (None, (list, type(None)), 'keep only these criteria (null: every criterion of the data)'),
+}
+
+# %% ../nbs/00_config.ipynb #cfce8c7b
+SCHEMA['cv'] = {
+    'folds': (5, int, 'folds by post (at least 2); each post is tested once'),
+    'dev_fraction': (0.15, float, "share of each fold's training posts held out as dev (early stopping, threshold); "
+                     'in (0, 0.5)'),
+    'method': ('multilabel', str, '`multilabel`: iterative stratification over every criterion; `group`: '
+               'StratifiedGroupKFold on the pairs (stratifies only the overall positive rate)'),
+}
+
+# %% ../nbs/00_config.ipynb #0433ae6b
+SCHEMA['model'] = {
+    'backbone': ('minilm-l6', str, 'alias (`minilm-l6`, `smollm2-135m`, `mpnet-base`), Hugging Face id, local folder '
+                 'or `.gguf` file'),
+    'peft': ('lora', str, '`lora`, `dora`, `qlora` (4-bit, CUDA) or `none` (full fine-tuning)'),
+    'use_dora': (False, bool, 'with `peft: qlora`: DoRA on the 4-bit model (QDoRA)'),
+    'r': (8, int, 'adapter rank'),
+    'alpha': (16, int, 'adapter scaling (alpha)'),
+    'dropout': (0.05, float, 'adapter dropout'),
+    'target_modules': (None, (list, str, type(None)), 'modules the adapter wraps (null: chosen per architecture)'),
+    'dtype': ('auto', str, 'dtype of the loaded weights; `auto`: bfloat16 on a CUDA GPU that has it, else float32'),
+    'top_layers': (None, _opt_int, 'adapt only the top N transformer layers; the backward pass stops below them '
+                   '(null: every layer)'),
+    'gradient_checkpointing': (False, bool, 'recompute activations in the backward pass to save memory'),
+    'cache_dir': (None, _opt_str, 'where converted GGUF models are cached (null: the default cache folder)'),
+    'head': ('pair', str, '`pair`: one (post, criterion) prompt per output, one logit; `multi`: one pass per post, '
+             'one logit per criterion'),
+    'pooling': ('auto', str, "`auto`: what the backbone was trained with (sentence-transformers config, last token "
+                'for decoders, else [CLS]); `mean`, `cls` or `last`'),
+    'segments': ('post', str, 'multi head: the post as one sequence (`post`) or sentence by sentence, read with the '
+                 'mean and max (`sentences`)'),
+    'criterion_similarity': (False, bool, "multi head with `segments: sentences`: add each criterion's best sentence "
+                             'similarity to its description'),
+    'warm_start': ('none', str, '`probe`: fit the head as logistic regressions on frozen features before '
+                   'fine-tuning (epoch 0); `none`'),
+    'head_dropout': (0.0, float, 'dropout before the head'),
+}
+
+# %% ../nbs/00_config.ipynb #0204f4ca
+SCHEMA['prompt'] = {
+    'template': (DEFAULT_TEMPLATE, str, 'the prompt, with `{post}` and `{criterion}` once each; only the post is ever '
+                 'truncated'),
+    'pair_form': (False, bool, "encoders: the tokenizer's pair layout `[CLS] criterion [SEP] post [SEP]` instead of "
+                  'the template'),
+    'criterion_text': ('description', str, "what fills `{criterion}`: the criterion's `description`, `name` or `id`"),
+    'max_length': (256, int, 'tokens per prompt (multi head: per post), special tokens included'),
+    'truncation': ('head_tail', str, 'which part of a long post is kept: `head`, `tail` or `head_tail` (both ends)'),
+    'head_fraction': (0.5, float, "`head_tail`: share of the post's budget kept from its start"),
+    'sentence_max_length': (64, int, '`segments: sentences`: tokens per sentence piece (a longer sentence is cut '
+                            'into pieces)'),
+    'max_sentences': (48, int, '`segments: sentences`: pieces kept per post (its first and last ones)'),
+}
+
+# %% ../nbs/00_config.ipynb #821833b7
+SCHEMA['train'] = {
+    'epochs': (3, int, 'at most this many epochs'),
+    'patience': (2, int, 'early stopping: epochs without improvement of dev `metrics.select`'),
+    'lr': (5.0e-4, float, 'learning rate of the adapter (of the whole backbone with `model.peft: none`)'),
+    'weight_decay': (0.0, float, 'AdamW weight decay'),
+    'warmup_ratio': (0.06, float, 'share of the steps with a linear warm-up of the learning rate'),
+    'batch_size': (16, int, 'units per micro-batch (pairs, or posts for a multi head or a shared prefix); halved '
+                   'on out-of-memory'),
+    'effective_batch_size': (16, int, 'units per optimizer step, reached by gradient accumulation; a multiple of '
+                             '`train.batch_size`'),
+    'eval_batch_size': (64, int, 'units per batch when scoring'),
+    'class_weight': ('balanced', (str, float, int), "the positive class's loss weight: `none`, `balanced` (from the "
+                     "epoch's pairs) or a number"),
+    'mixed_precision': ('auto', str, '`auto`: bf16 on CUDA with bf16 or on a CPU with AVX512-BF16/AMX, fp16 on '
+                        'older CUDA, else fp32; `bf16`, `fp16`, `no`'),
+    'length_grouped': (True, bool, 'batch units of similar length together (less padding)'),
+    'max_grad_norm': (1.0, float, 'gradient clipping norm'),
+    'max_steps': (None, _opt_int, 'stop after this many optimizer steps (smoke tests, benches; null: no limit)'),
+    'max_train_pairs': (None, _opt_int, 'subsample training pairs (smoke tests; null: every pair)'),
+    'neg_per_pos': (None, (int, float, type(None)), 'each epoch: every positive and this many negatives per '
+                    'positive, drawn afresh (null: every pair)'),
+    'threads': (None, _opt_int, "torch threads (null: torch's choice)"),
+    'deterministic': (True, bool, 'deterministic torch algorithms where torch has them'),
+    'head_lr': (None, (float, type(None)), 'learning rate of the head (null: `train.lr`)'),
+    'cache_frozen': (True, bool, "with `model.top_layers`: compute the frozen layers' output once per fold"),
+    'cache_max_gb': (2.0, float, 'above this size, cached activations are kept in bfloat16'),
+    'shared_prefix': (False, bool, "decoders, pair head: a post's prompt start runs once for all its criteria"),
+}
+
+# %% ../nbs/00_config.ipynb #806218ed
+SCHEMA['metrics'] = {
+    'threshold_step': (0.01, float, 'step of the decision-threshold sweep from 0 to 1 on dev'),
+    'select': ('f1', str, 'what early stopping and the dev threshold maximise: `f1` (the positive class) or '
+               "`weighted_f1` (IMHI's metric)"),
+    'bootstrap': (1000, int, 'bootstrap resamples (of posts) for confidence intervals'),
+}
+SCHEMA['tracking'] = {
+    'uri': ('sqlite:///mlflow.db', str, 'MLflow store; `MLFLOW_TRACKING_URI` overrides it'),
+    'artifact_location': ('./mlruns', str, "where MLflow keeps a new experiment's artifacts"),
+}
+SCHEMA['report'] = {
+    'dir': ('reports', str, 'where executed notebooks and reports go'),
 }
 
 # %% ../nbs/00_config.ipynb #43c2b174
@@ -153,7 +188,8 @@ def _check(data:dict, schema:dict, where:dict, prefix:str='') -> dict:
         key, loc = f"{prefix}{k}", where.get(f"{prefix}{k}", '<command line>')
         if k not in schema:
             known = ', '.join(sorted(schema))
-            raise InputError(f"{loc}: unknown params key '{key}'. Known keys{' in ' + prefix[:-1] if prefix else ''}: {known}")
+            section = f' in {prefix[:-1]}' if prefix else ''
+            raise InputError(f"{loc}: unknown params key '{key}'. Known keys{section}: {known}")
         spec = schema[k]
         if isinstance(spec, dict):
             if not isinstance(v, dict): raise InputError(f"{loc}: '{key}' must be a section (a mapping), found {v!r}")
@@ -211,9 +247,6 @@ def project_root(start=None) -> Path:
     return next((d for d in [start, *start.parents] if (d / 'params').is_dir()), start)
 
 # %% ../nbs/00_config.ipynb #6db2a6b8
-INPUT_PATHS = (('data', 'path'), ('data', 'criteria'), ('data', 'test_path'), ('model', 'cache_dir'))
-OUTPUT_PATHS = (('tracking', 'artifact_location'), ('report', 'dir'))
-
 def _absolute(value, base:Path):
     "`value` made absolute against `base` (`~` expanded); None stays None."
     if value is None: return None
@@ -227,6 +260,9 @@ def _store(uri:str, base:Path) -> str:
     return uri
 
 # %% ../nbs/00_config.ipynb #6838f341
+INPUT_PATHS = (('data', 'path'), ('data', 'criteria'), ('data', 'test_path'), ('model', 'cache_dir'))
+OUTPUT_PATHS = (('tracking', 'artifact_location'), ('report', 'dir'))
+
 def _resolve_paths(data:dict, origin:dict, run_home:Path) -> dict:
     "Every path key of merged params made absolute: inputs by the file that wrote them, outputs by the run's home."
     out = copy.deepcopy(data)
@@ -242,6 +278,11 @@ def _resolve_paths(data:dict, origin:dict, run_home:Path) -> dict:
         if '://' not in out[s][k]: out[s][k] = _absolute(out[s][k], out_base(f'{s}.{k}'))
     out['tracking']['uri'] = _store(out['tracking']['uri'], out_base('tracking.uri'))
     return out
+
+# %% ../nbs/00_config.ipynb #cca48df5
+def _to_attr(d:dict) -> AttrDict:
+    "Nested dicts as nested `AttrDict`s (`p.train.lr`)."
+    return AttrDict({k: _to_attr(v) if isinstance(v, dict) else v for k, v in d.items()})
 
 # %% ../nbs/00_config.ipynb #c7b6e6a0
 CHOICES = {
@@ -259,12 +300,18 @@ CHOICES = {
     ('model', 'warm_start'): ('none', 'probe'),
 }
 
-def _validate_values(p):
-    "`InputError` for values outside their choices or ranges."
+# %% ../nbs/00_config.ipynb #55fa1fc4
+def _check_choices(p):
+    "`InputError` for a value outside its `CHOICES`."
     for (s, k), allowed in CHOICES.items():
         if p[s][k] not in allowed: raise InputError(f"{s}.{k}: '{p[s][k]}' is not one of {', '.join(allowed)}")
+
+# %% ../nbs/00_config.ipynb #537db38c
+def _check_ranges(p):
+    "`InputError` for numbers out of their range, a template without its fields, an unknown class weight."
     if p.cv.folds < 2: raise InputError(f"cv.folds must be at least 2, found {p.cv.folds}")
-    if not 0 < p.cv.dev_fraction < 0.5: raise InputError(f"cv.dev_fraction must be in (0, 0.5), found {p.cv.dev_fraction}")
+    if not 0 < p.cv.dev_fraction < 0.5:
+        raise InputError(f"cv.dev_fraction must be in (0, 0.5), found {p.cv.dev_fraction}")
     if p.train.effective_batch_size % p.train.batch_size:
         raise InputError(f"train.effective_batch_size ({p.train.effective_batch_size}) must be a multiple of "
                          f"train.batch_size ({p.train.batch_size})")
@@ -277,11 +324,31 @@ def _validate_values(p):
         raise InputError(f"train.neg_per_pos must be a positive number (or null for every negative), found {npp}")
     if p.model.top_layers is not None and p.model.top_layers < 1:
         raise InputError(f"model.top_layers must be at least 1 (or null for every layer), found {p.model.top_layers}")
+
+# %% ../nbs/00_config.ipynb #3d6a2b50
+def _check_combinations(p):
+    "`InputError` for a setting that needs another one (sentences need a multi head, similarity needs sentences)."
     if p.model.head == 'pair' and (p.model.segments != 'post' or p.model.criterion_similarity):
         raise InputError("model.segments: sentences and model.criterion_similarity need model.head: multi "
                          "(the pair head reads one (post, criterion) prompt)")
     if p.model.criterion_similarity and p.model.segments != 'sentences':
-        raise InputError("model.criterion_similarity compares sentences with criteria: it needs model.segments: sentences")
+        raise InputError("model.criterion_similarity compares sentences with criteria: it needs "
+                         "model.segments: sentences")
+
+def _validate_values(p):
+    "`InputError` for values outside their choices or ranges."
+    _check_choices(p); _check_ranges(p); _check_combinations(p)
+
+# %% ../nbs/00_config.ipynb #3272a65f
+def _extends_path(path:Path, parent, line) -> Path:
+    "The file named by `extends: parent` on line `line` of `path`; `InputError` when it is no name or no file."
+    if not isinstance(parent, str):
+        raise InputError(f"{path}:{line}: 'extends' must be a file name, found {parent!r}")
+    ppath = Path(os.path.expanduser(parent))
+    ppath = ppath if ppath.is_absolute() else path.parent / ppath
+    if not ppath.exists():
+        raise InputError(f"{path}:{line}: extends '{parent}', which does not exist (looked for {ppath})")
+    return ppath
 
 # %% ../nbs/00_config.ipynb #ec63062e
 def _load_chain(path:Path, seen:tuple=()) -> tuple:
@@ -294,21 +361,12 @@ def _load_chain(path:Path, seen:tuple=()) -> tuple:
     origin = {k: str(path.resolve()) for k in lines}
     parent = data.pop('extends', None)
     if parent is None: return data, where, origin
-    if not isinstance(parent, str):
-        raise InputError(f"{path}:{lines.get('extends')}: 'extends' must be a file name, found {parent!r}")
-    ppath = Path(os.path.expanduser(parent))
-    ppath = ppath if ppath.is_absolute() else path.parent / ppath
-    if not ppath.exists():
-        raise InputError(f"{path}:{lines.get('extends')}: extends '{parent}', which does not exist (looked for {ppath})")
+    ppath = _extends_path(path, parent, lines.get('extends'))
     pdata, pwhere, porigin = _load_chain(ppath, seen + (path.resolve(),))
     pdata = _check(pdata, SCHEMA, pwhere)
     return _merge(pdata, data), {**pwhere, **where}, {**porigin, **origin}
 
-# %% ../nbs/00_config.ipynb #cca48df5
-def _to_attr(d:dict) -> AttrDict:
-    "Nested dicts as nested `AttrDict`s (`p.train.lr`)."
-    return AttrDict({k: _to_attr(v) if isinstance(v, dict) else v for k, v in d.items()})
-
+# %% ../nbs/00_config.ipynb #12718214
 def load_params(path=None,          # a params YAML file; None: the built-in defaults
                 overrides=(),       # `section.key=value` strings or mappings, applied last
                ) -> AttrDict:
@@ -329,6 +387,7 @@ def params_dict(p) -> dict:
     "Plain nested dict of params."
     return {k: params_dict(v) if isinstance(v, dict) else v for k, v in p.items()}
 
+# %% ../nbs/00_config.ipynb #e8dbd290
 def save_params(p, path) -> Path:
     "Write resolved params as YAML (reloadable with `load_params`)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -351,3 +410,56 @@ def seed_everything(seed:int, deterministic:bool=True):
     if deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # read by cuBLAS, for deterministic GEMMs
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+# %% ../nbs/00_config.ipynb #ea1f6770
+def _md_value(v) -> str:
+    "A default as YAML writes it, in backticks (`null`, `false`, `[]`)."
+    if v is None: text = 'null'
+    elif isinstance(v, bool): text = str(v).lower()
+    elif isinstance(v, (list, dict)): text = json.dumps(v)
+    else: text = str(v)
+    return f'`{text}`'
+
+# %% ../nbs/00_config.ipynb #ee9cb391
+def _reference_rows(keys:dict, prefix:str='') -> list:
+    "Markdown table rows `| key | default | accepts | meaning |` for the (non-section) keys of `keys`."
+    rows = []
+    for k, spec in keys.items():
+        if isinstance(spec, dict): continue
+        default, types, doc = spec
+        allowed = CHOICES.get(tuple(f'{prefix}{k}'.split('.')))
+        accepts = ', '.join(f'`{a}`' for a in allowed) if allowed else _tname(types)
+        doc = doc.replace('|', '\\|')
+        rows.append(f"| `{prefix}{k}` | {_md_value(default)} | {accepts} | {doc} |")
+    return rows
+
+# %% ../nbs/00_config.ipynb #e61bda89
+REFERENCE_FILE = 'params/REFERENCE.md'   # relative to the project root
+REGENERATE = 'python -c "from criteria_cls.config import write_params_reference; write_params_reference()"'
+_REFERENCE_HEAD = f"""# Params reference
+
+<!-- Generated from criteria_cls.config.SCHEMA by params_reference(); do not edit. Regenerate with
+{REGENERATE} -->
+
+A params file is YAML with the sections below. `extends: other.yaml` inherits another file and overrides it
+section by section; any key can be overridden on the command line as `section.key=value` (`train.lr=1e-4`).
+The defaults here are the schema's; the profiles in `params/` (`default.yaml` first) set many of them.
+Relative input paths resolve against the folder of the file that writes them (the project root for files in
+`params/`), outputs against the params file you run (`nbs/00_config.ipynb`, "Where relative paths point").
+"""
+_TABLE_HEAD = ['| key | default | accepts | meaning |', '|---|---|---|---|']
+
+# %% ../nbs/00_config.ipynb #eb51309b
+def params_reference() -> str:
+    "The params reference as Markdown: per section, each key's default, accepted values and meaning (from `SCHEMA`)."
+    parts = [_REFERENCE_HEAD, '## Top level', '', *_TABLE_HEAD, *_reference_rows(SCHEMA)]
+    for s, keys in SCHEMA.items():
+        if isinstance(keys, dict): parts += ['', f'## `{s}`', '', *_TABLE_HEAD, *_reference_rows(keys, f'{s}.')]
+    return '\n'.join(parts) + '\n'
+
+# %% ../nbs/00_config.ipynb #b8f06c19
+def write_params_reference(path=None) -> Path:
+    "Write `params_reference()` to `path` (default: `params/REFERENCE.md` of the project root)."
+    path = Path(path) if path else project_root() / REFERENCE_FILE
+    path.write_text(params_reference(), encoding='utf-8')
+    return path

@@ -29,6 +29,7 @@ def read_text(path:Path, what='file') -> str:
                          f"Re-save the file as UTF-8 (e.g. `iconv -f cp1252 -t utf-8`).") from None
     return text.lstrip('\ufeff')
 
+# %% ../nbs/01_data.ipynb #12a76fa7
 def _record_lines(text:str) -> list:
     "Line number (1-based) on which each data record starts, header excluded."
     r = csv.reader(io.StringIO(text))
@@ -37,6 +38,7 @@ def _record_lines(text:str) -> list:
         starts.append(prev + 1); prev = r.line_num
     return starts[1:]
 
+# %% ../nbs/01_data.ipynb #233664df
 def delimiter_hint(text:str) -> str:
     "A sentence for errors when the header row is separated by semicolons, tabs or bars rather than commas ('' if not)."
     head = text.split('\n', 1)[0]
@@ -46,6 +48,16 @@ def delimiter_hint(text:str) -> str:
                     f"(e.g. pandas.read_csv(f, sep={d!r}).to_csv(f, index=False)).")
     return ''
 
+# %% ../nbs/01_data.ipynb #c12d1328
+def _where(df, rows, col=None) -> str:
+    "`file` lines 3, 8 (column c) for data rows `rows`."
+    lines = df.attrs.get('lines') or []
+    ls = [str(lines[i]) if i < len(lines) else f'row {i+1}' for i in rows]
+    more = f' and {len(ls)-10} more' if len(ls) > 10 else ''
+    where = f"{df.attrs.get('path', '<data>')}: line{'s' if len(ls)>1 else ''} {', '.join(ls[:10])}{more}"
+    return where + (f", column '{col}'" if col else '')
+
+# %% ../nbs/01_data.ipynb #e90d43c2
 def read_csv(path, expected:list, what='CSV file', optional=()) -> pd.DataFrame:
     "A CSV with (at least) the `expected` columns, all as strings; `.attrs['lines']` maps rows to file lines."
     path = Path(path)
@@ -58,19 +70,12 @@ def read_csv(path, expected:list, what='CSV file', optional=()) -> pd.DataFrame:
     missing = [c for c in expected if c not in df.columns]
     if missing:
         hint = delimiter_hint(text) or ' Rename the header row accordingly.'
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}. Found columns: {', '.join(map(str, df.columns)) or '(none)'}; "
+        found = ', '.join(map(str, df.columns)) or '(none)'
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}. Found columns: {found}; "
                          f"expected: {', '.join(expected)}.{hint}")
     df.attrs['lines'] = _record_lines(text) if len(df) else []
     df.attrs['path'] = str(path)
     return df
-
-def _where(df, rows, col=None) -> str:
-    "`file` lines 3, 8 (column c) for data rows `rows`."
-    lines = df.attrs.get('lines') or []
-    ls = [str(lines[i]) if i < len(lines) else f'row {i+1}' for i in rows]
-    more = f' and {len(ls)-10} more' if len(ls) > 10 else ''
-    where = f"{df.attrs.get('path', '<data>')}: line{'s' if len(ls)>1 else ''} {', '.join(ls[:10])}{more}"
-    return where + (f", column '{col}'" if col else '')
 
 # %% ../nbs/01_data.ipynb #38b9957a
 _LABELS = {'0': 0, '1': 1, 'no': 0, 'yes': 1, 'false': 0, 'true': 1, '0.0': 0, '1.0': 1}
@@ -84,28 +89,34 @@ def parse_labels(df, col:str) -> np.ndarray:
         raise InputError(f"{_where(df, bad, col)}: label {shown} is not one of 0, 1, yes, no, true, false")
     return vals.map(_LABELS).to_numpy(dtype=int)
 
+# %% ../nbs/01_data.ipynb #f20e7ddc
+def _check_one_text(df, ids, text_col:str):
+    "`InputError` when a post id (of `ids`, one per row) has two different texts."
+    texts = df.groupby(ids, sort=False)[text_col].nunique()
+    clash = texts[texts > 1]
+    if not len(clash): return
+    pid = clash.index[0]
+    rows = [i for i, v in enumerate(ids) if v == pid]
+    more = f' ({len(clash)} such ids: ' + ', '.join(map(str, clash.index[:5])) + ')' if len(clash) > 1 else ''
+    raise InputError(f"{_where(df, rows, text_col)}: post_id '{pid}' has {clash.iloc[0]} different texts{more}. "
+                     f"Give each post one id and one text.")
+
 # %% ../nbs/01_data.ipynb #92551eea
 def check_posts(df, id_col='post_id', text_col='text'):
     "Raise on empty / whitespace-only posts and on a post id with two different texts."
     empty = [i for i, t in enumerate(df[text_col]) if not str(t).strip()]
-    if empty: raise InputError(f"{_where(df, empty, text_col)}: empty or whitespace-only post. Remove these rows or fill in the text.")
+    if empty:
+        raise InputError(f"{_where(df, empty, text_col)}: empty or whitespace-only post. "
+                         "Remove these rows or fill in the text.")
     if id_col is None: return
     ids = df[id_col].astype(str).str.strip()
     noid = [i for i, v in enumerate(ids) if not v]
     if noid: raise InputError(f"{_where(df, noid, id_col)}: empty post_id")
-    texts = df.groupby(ids, sort=False)[text_col].nunique()
-    clash = texts[texts > 1]
-    if len(clash):
-        pid = clash.index[0]
-        rows = [i for i, v in enumerate(ids) if v == pid]
-        raise InputError(f"{_where(df, rows, text_col)}: post_id '{pid}' has {clash.iloc[0]} different texts"
-                         f"{f' ({len(clash)} such ids: ' + ', '.join(map(str, clash.index[:5])) + ')' if len(clash) > 1 else ''}. "
-                         f"Give each post one id and one text.")
+    _check_one_text(df, ids, text_col)
 
-# %% ../nbs/01_data.ipynb #4ab8badc
-def load_criteria(path) -> pd.DataFrame:
-    "Criteria file → DataFrame `criterion_id, name, description` (in file order)."
-    path = Path(path)
+# %% ../nbs/01_data.ipynb #bf4c39b9
+def _criteria_items(path:Path) -> list:
+    "The entries of the criteria file's `criteria:` list; `InputError` for malformed YAML or another shape."
     text = read_text(path, 'criteria file')
     try: data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -115,8 +126,14 @@ def load_criteria(path) -> pd.DataFrame:
     items = data.get('criteria') if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise InputError(f"{path}: expected a top-level 'criteria:' list of {{id, name, description}} entries")
+    return items
+
+# %% ../nbs/01_data.ipynb #4ab8badc
+def load_criteria(path) -> pd.DataFrame:
+    "Criteria file → DataFrame `criterion_id, name, description` (in file order)."
+    path = Path(path)
     rows = []
-    for i, c in enumerate(items):
+    for i, c in enumerate(_criteria_items(path)):
         if not isinstance(c, dict) or not all(str(c.get(k) or '').strip() for k in ('id', 'name', 'description')):
             raise InputError(f"{path}: criteria entry {i+1} must have non-empty id, name and description, found {c!r}")
         rows.append(dict(criterion_id=str(c['id']).strip(), name=str(c['name']).strip(),
@@ -147,7 +164,8 @@ class PairTable:
 
     def label_matrix(self) -> pd.DataFrame:
         "Posts × criteria of 0/1 (-1 where the pair is absent)."
-        m = self.pairs.pivot_table(index='post_id', columns='criterion_id', values='label', aggfunc='max', sort=False)
+        m = self.pairs.pivot_table(index='post_id', columns='criterion_id', values='label', aggfunc='max',
+                                   sort=False)
         return m.reindex(columns=[c for c in self.criteria.criterion_id if c in m.columns]).fillna(-1).astype(int)
 
     def content_hash(self, n:int=12) -> str:
@@ -165,8 +183,8 @@ class PairTable:
     def __len__(self): return len(self.pairs)
     def __repr__(self):
         p = self.pairs
-        return (f"PairTable({self.format}: {p.post_id.nunique()} posts, {len(self.criteria)} criteria, {len(p)} pairs, "
-                f"{int(p.label.sum())} positive; {self.source})")
+        return (f"PairTable({self.format}: {p.post_id.nunique()} posts, {len(self.criteria)} criteria, "
+                f"{len(p)} pairs, {int(p.label.sum())} positive; {self.source})")
 
 # %% ../nbs/01_data.ipynb #e808da1b
 def _numeric(v) -> bool:
@@ -186,18 +204,20 @@ def text_table(rows:list,              # one dict per row
     fmt = lambda c: (' ' * gap).join(v.rjust(w) if rt else v.ljust(w) for v, w, rt in zip(c, width, right)).rstrip()
     return '\n'.join(fmt(c) for c in cells)
 
+# %% ../nbs/01_data.ipynb #25f84825
+def _post_lengths(posts:pd.Series, tokenizer=None) -> tuple:
+    "`(length of each post, unit)`: tokens of `tokenizer`, else words."
+    if tokenizer is not None:
+        return [len(x) for x in tokenizer(posts.tolist(), add_special_tokens=False)['input_ids']], 'tokens'
+    return posts.str.split().str.len().tolist(), 'words'
+
 # %% ../nbs/01_data.ipynb #c2143016
 def table_stats(t:PairTable, tokenizer=None) -> dict:
     "Counts, positives per criterion, length percentiles and the content hash."
     per = (t.pairs.groupby('criterion_id', sort=False).agg(pairs=('label', 'size'), positive=('label', 'sum')))
     per = per.reindex([c for c in t.criteria.criterion_id if c in per.index])
     names = dict(zip(t.criteria.criterion_id, t.criteria.name))
-    posts = t.posts
-    if tokenizer is not None:
-        lengths = [len(x) for x in tokenizer(posts.text.tolist(), add_special_tokens=False)['input_ids']]
-        unit = 'tokens'
-    else:
-        lengths = posts.text.str.split().str.len().tolist(); unit = 'words'
+    lengths, unit = _post_lengths(t.posts.text, tokenizer)
     q = np.percentile(lengths, [50, 90, 95, 99, 100]) if lengths else [0]*5
     return {
         'source': t.source, 'format': t.format,
@@ -212,6 +232,7 @@ def table_stats(t:PairTable, tokenizer=None) -> dict:
         'notes': list(t.notes),
     }
 
+# %% ../nbs/01_data.ipynb #cdd2fc5d
 def format_stats(s:dict) -> str:
     "Statistics as a small text report."
     lines = [f"{s['source']} ({s['format']})",
@@ -226,13 +247,19 @@ def format_stats(s:dict) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/01_data.ipynb #62cf61a9
+def _unknown_symptoms(where:str, criteria:pd.DataFrame, unknown:dict) -> InputError:
+    "The error for symptom names (`{name: rows}`) the criteria file does not know, with the params that fix it."
+    lst = ', '.join(f"{k} ({v} rows)" for k, v in unknown.items())
+    return InputError(f"{where}: symptom name(s) not in the criteria file {criteria.attrs.get('path', '')}: {lst}. "
+                      f"Known: {', '.join(criteria.name)}. Map them with data.symptom_map "
+                      "(e.g. data.symptom_map={SAD_MOOD: DEPRESSED_MOOD}) "
+                      f"or drop them with data.ignore_symptoms=[{', '.join(unknown)}].")
+
 def map_symptoms(names, criteria:pd.DataFrame, where:str, symptom_map:dict=None, ignore=()) -> tuple:
     "(criterion ids or None for ignored names, notes); `InputError` listing unknown names."
     symptom_map, ignore = dict(symptom_map or {}), set(ignore or ())
-    by_name = dict(zip(criteria.name, criteria.criterion_id))
-    by_id = set(criteria.criterion_id)
-    out, notes, unknown = [], [], {}
-    seen_map, seen_ignore = {}, {}
+    by_name, by_id = dict(zip(criteria.name, criteria.criterion_id)), set(criteria.criterion_id)
+    out, unknown, seen_map, seen_ignore = [], {}, {}, {}
     for n in names:
         n0 = str(n).strip()
         if n0 in ignore: out.append(None); seen_ignore[n0] = seen_ignore.get(n0, 0) + 1; continue
@@ -241,13 +268,8 @@ def map_symptoms(names, criteria:pd.DataFrame, where:str, symptom_map:dict=None,
         cid = by_name.get(m, m if m in by_id else None)
         if cid is None: unknown[n0] = unknown.get(n0, 0) + 1
         out.append(cid)
-    if unknown:
-        lst = ', '.join(f"{k} ({v} rows)" for k, v in unknown.items())
-        raise InputError(f"{where}: symptom name(s) not in the criteria file {criteria.attrs.get('path', '')}: {lst}. "
-                         f"Known: {', '.join(criteria.name)}. Map them with data.symptom_map "
-                         "(e.g. data.symptom_map={SAD_MOOD: DEPRESSED_MOOD}) "
-                         f"or drop them with data.ignore_symptoms=[{', '.join(unknown)}].")
-    notes += [f"symptom {k} mapped to {v}" for k, v in seen_map.items()]
+    if unknown: raise _unknown_symptoms(where, criteria, unknown)
+    notes = [f"symptom {k} mapped to {v}" for k, v in seen_map.items()]
     notes += [f"symptom {k} ignored ({v} rows), as data.ignore_symptoms asks" for k, v in seen_ignore.items()]
     return out, notes
 
@@ -258,6 +280,7 @@ def require_rows(df, what:str, noun:str):
         raise InputError(f"{df.attrs.get('path', '<data>')}: the {what} has no {noun}: "
                          f"it holds a header row and nothing else")
 
+# %% ../nbs/01_data.ipynb #e7b2ad22
 def drop_repeats(df, cols=None) -> tuple:
     "`(df without rows that exactly repeat an earlier row (on `cols`, default all), notes)`; line numbers stay right."
     dup = (df.duplicated(cols) if cols else df.duplicated()).to_numpy()
@@ -270,6 +293,7 @@ def drop_repeats(df, cols=None) -> tuple:
 
 # %% ../nbs/01_data.ipynb #091463cb
 def _redsm5_files(path:Path):
+    "The posts and annotations CSVs of a ReDSM5 folder (or of its posts CSV)."
     if not path.exists():
         raise InputError(f"{path}: data folder not found (format redsm5 expects a folder with redsm5_posts.csv "
                          "and redsm5_annotations.csv)")
@@ -277,18 +301,31 @@ def _redsm5_files(path:Path):
         posts, ann = path/'redsm5_posts.csv', path/'redsm5_annotations.csv'
     elif path.name.endswith('_posts.csv'):
         posts, ann = path, path.with_name(path.name.replace('_posts.csv', '_annotations.csv'))
-    else: raise InputError(f"{path}: format redsm5 expects a folder with redsm5_posts.csv and redsm5_annotations.csv (or the posts CSV)")
+    else: raise InputError(f"{path}: format redsm5 expects a folder with redsm5_posts.csv and "
+                           "redsm5_annotations.csv (or the posts CSV)")
     return posts, ann
 
+# %% ../nbs/01_data.ipynb #d18b51f3
 def _cross(posts:pd.DataFrame, criteria:pd.DataFrame, positives:set) -> pd.DataFrame:
     "Every post × every criterion with label 1 where (post_id, criterion_id) is in `positives`."
     n, k = len(posts), len(criteria)
-    df = pd.DataFrame({'post_id': np.repeat(posts.post_id.to_numpy(), k), 'criterion_id': np.tile(criteria.criterion_id.to_numpy(), n),
+    df = pd.DataFrame({'post_id': np.repeat(posts.post_id.to_numpy(), k),
+                       'criterion_id': np.tile(criteria.criterion_id.to_numpy(), n),
                        'name': np.tile(criteria.name.to_numpy(), n), 'text': np.repeat(posts.text.to_numpy(), k),
                        'description': np.tile(criteria.description.to_numpy(), n)})
     df['label'] = [int((p, c) in positives) for p, c in zip(df.post_id, df.criterion_id)]
     return df
 
+# %% ../nbs/01_data.ipynb #ce755b84
+def _annotated_posts(ann:pd.DataFrame, posts:pd.DataFrame, posts_f:Path):
+    "`InputError` for annotation rows whose post is not in the posts file."
+    unknown_rows = [i for i, p in enumerate(ann.post_id) if p not in set(posts.post_id)]
+    if unknown_rows:
+        ids = ', '.join(list(dict.fromkeys(ann.post_id.iloc[unknown_rows]))[:5])
+        raise InputError(f"{_where(ann, unknown_rows, 'post_id')}: annotations for post_id(s) not in {posts_f}: "
+                         f"{ids}. Add the posts or remove these annotation rows.")
+
+# %% ../nbs/01_data.ipynb #da7949cd
 def load_redsm5(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> PairTable:
     "ReDSM5 posts + annotations → every post × every criterion."
     posts_f, ann_f = _redsm5_files(Path(path))
@@ -297,13 +334,10 @@ def load_redsm5(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> Pai
     ann = read_csv(ann_f, ['post_id', 'sentence_id', 'sentence_text', 'DSM5_symptom', 'status'], 'annotations CSV')
     (posts, n1), (ann, n2) = drop_repeats(posts), drop_repeats(ann)
     check_posts(posts)
-    posts = posts.assign(post_id=posts.post_id.str.strip()).drop_duplicates('post_id')[['post_id', 'text']].reset_index(drop=True)
+    posts = posts.assign(post_id=posts.post_id.str.strip()).drop_duplicates('post_id')[['post_id', 'text']]
+    posts = posts.reset_index(drop=True)
     ann = ann.assign(post_id=ann.post_id.str.strip())
-    unknown_rows = [i for i, p in enumerate(ann.post_id) if p not in set(posts.post_id)]
-    if unknown_rows:
-        ids = ', '.join(list(dict.fromkeys(ann.post_id.iloc[unknown_rows]))[:5])
-        raise InputError(f"{_where(ann, unknown_rows, 'post_id')}: annotations for post_id(s) not in {posts_f}: {ids}. "
-                         f"Add the posts or remove these annotation rows.")
+    _annotated_posts(ann, posts, posts_f)
     status = parse_labels(ann, 'status')
     cids, notes = map_symptoms(ann.DSM5_symptom, criteria, str(ann_f), symptom_map, ignore)
     positives = {(p, c) for p, c, s in zip(ann.post_id, cids, status) if s == 1 and c is not None}
@@ -330,21 +364,23 @@ def load_redsm5_single(path, criteria:pd.DataFrame, symptom_map=None, ignore=())
 
 # %% ../nbs/01_data.ipynb #4f8fefaf
 def _read_jsonl(path:Path) -> pd.DataFrame:
+    "One row per JSON object line (values as strings); `.attrs['lines']` maps rows to file lines."
     text = read_text(path, 'data file')
     rows, lines = [], []
     for ln, line in enumerate(text.splitlines(), 1):
         if not line.strip(): continue
         try: obj = json.loads(line)
-        except json.JSONDecodeError as e: raise InputError(f"{path}: line {ln}, column {e.colno}: not valid JSON: {e.msg}") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: line {ln}, column {e.colno}: not valid JSON: {e.msg}") from None
         if not isinstance(obj, dict): raise InputError(f"{path}: line {ln}: expected a JSON object per line")
         rows.append({k: '' if v is None else str(v) for k, v in obj.items()}); lines.append(ln)
     df = pd.DataFrame(rows).fillna('')
     df.attrs.update(path=str(path), lines=lines)
     return df
 
-def load_pairs_file(path, criteria:pd.DataFrame|None) -> PairTable:
-    "Generic labelled pairs from CSV or JSONL."
-    path = Path(path)
+# %% ../nbs/01_data.ipynb #acbddbaf
+def _read_pairs(path:Path) -> pd.DataFrame:
+    "The rows of a pairs CSV or JSONL file, with its four columns; `InputError` when it has none or lacks one."
     expected = ['post_id', 'text', 'criterion_id', 'label']
     if path.suffix.lower() in ('.jsonl', '.ndjson'):
         df = _read_jsonl(path)
@@ -354,32 +390,48 @@ def load_pairs_file(path, criteria:pd.DataFrame|None) -> PairTable:
                                      f"Found: {', '.join(df.columns) or '(none)'}; expected: {', '.join(expected)}")
     else: df = read_csv(path, expected, 'data file')
     require_rows(df, 'data file', 'pairs')
-    df, notes = drop_repeats(df)
+    return df
+
+# %% ../nbs/01_data.ipynb #ab1040a7
+def _pairs_criteria(df:pd.DataFrame, path:Path, criteria:pd.DataFrame|None) -> pd.DataFrame:
+    "The criteria the pairs use: from their `description` column, else from the criteria file (which must know them)."
+    used = list(dict.fromkeys(df.criterion_id))
+    if 'description' in df.columns and all(df.description.str.strip()):
+        crit = df.drop_duplicates('criterion_id')[['criterion_id', 'description']]
+        crit = crit.assign(name=lambda x: x.get('name', x.criterion_id))
+        return crit[['criterion_id', 'name', 'description']].reset_index(drop=True)
+    if criteria is None: raise InputError(f"{path}: no 'description' column and no criteria file (data.criteria): "
+                                          "one of them must give each criterion's text")
+    missing = [c for c in used if c not in set(criteria.criterion_id)]
+    if missing:
+        rows = [i for i, c in enumerate(df.criterion_id) if c in set(missing)]
+        raise InputError(f"{_where(df, rows, 'criterion_id')}: criterion id(s) {', '.join(missing)} are not in the "
+                         f"criteria file {criteria.attrs.get('path', '')} (it has {', '.join(criteria.criterion_id)}). "
+                         "Add them to the criteria file or fix the ids.")
+    return criteria[criteria.criterion_id.isin(used)].reset_index(drop=True)
+
+# %% ../nbs/01_data.ipynb #fc563166
+def _drop_repeated_pairs(df:pd.DataFrame, notes:list) -> pd.DataFrame:
+    "`df` with a (post, criterion) pair given again with the same label dropped (noted); conflicting labels raise."
+    dup = df.duplicated(['post_id', 'criterion_id'], keep=False)
+    if not dup.any(): return df
+    rows = list(np.flatnonzero(dup))
+    if df[dup].groupby(['post_id', 'criterion_id']).label.nunique().max() > 1:
+        raise InputError(f"{_where(df, rows, 'label')}: the same (post_id, criterion_id) pair has conflicting labels")
+    later = list(np.flatnonzero(df.duplicated(['post_id', 'criterion_id']).to_numpy()))
+    notes.append(f"{_where(df, later)}: (post_id, criterion_id) pairs given again with the same label, dropped")
+    return df.drop_duplicates(['post_id', 'criterion_id'])
+
+# %% ../nbs/01_data.ipynb #4602272a
+def load_pairs_file(path, criteria:pd.DataFrame|None) -> PairTable:
+    "Generic labelled pairs from CSV or JSONL."
+    path = Path(path)
+    df, notes = drop_repeats(_read_pairs(path))
     check_posts(df)
     df['label'] = parse_labels(df, 'label')
     df['post_id'] = df.post_id.str.strip(); df['criterion_id'] = df.criterion_id.str.strip()
-    used = list(dict.fromkeys(df.criterion_id))
-    if 'description' in df.columns and all(df.description.str.strip()):
-        crit = df.drop_duplicates('criterion_id')[['criterion_id', 'description']].assign(name=lambda x: x.get('name', x.criterion_id))
-        crit = crit[['criterion_id', 'name', 'description']].reset_index(drop=True)
-    else:
-        if criteria is None: raise InputError(f"{path}: no 'description' column and no criteria file (data.criteria): "
-                                              "one of them must give each criterion's text")
-        missing = [c for c in used if c not in set(criteria.criterion_id)]
-        if missing:
-            rows = [i for i, c in enumerate(df.criterion_id) if c in set(missing)]
-            raise InputError(f"{_where(df, rows, 'criterion_id')}: criterion id(s) {', '.join(missing)} are not in the criteria file "
-                             f"{criteria.attrs.get('path', '')} (it has {', '.join(criteria.criterion_id)}). "
-                             "Add them to the criteria file or fix the ids.")
-        crit = criteria[criteria.criterion_id.isin(used)].reset_index(drop=True)
-    dup = df.duplicated(['post_id', 'criterion_id'], keep=False)
-    if dup.any():
-        rows = list(np.flatnonzero(dup))
-        if df[dup].groupby(['post_id', 'criterion_id']).label.nunique().max() > 1:
-            raise InputError(f"{_where(df, rows, 'label')}: the same (post_id, criterion_id) pair has conflicting labels")
-        later = list(np.flatnonzero(df.duplicated(['post_id', 'criterion_id']).to_numpy()))
-        notes.append(f"{_where(df, later)}: (post_id, criterion_id) pairs given again with the same label, dropped")
-        df = df.drop_duplicates(['post_id', 'criterion_id'])
+    crit = _pairs_criteria(df, path, criteria)
+    df = _drop_repeated_pairs(df, notes)
     pairs = df[['post_id', 'criterion_id', 'text', 'label']].merge(crit, on='criterion_id', how='left')[PAIR_COLUMNS]
     return PairTable(pairs.reset_index(drop=True), crit, str(path), 'pairs', notes)
 
@@ -387,26 +439,30 @@ def load_pairs_file(path, criteria:pd.DataFrame|None) -> PairTable:
 _IMHI_RE = re.compile(r'Post:\s*(?P<post>.*?)\s*Question:.*?"(?P<q>[^"]+)"', re.S)
 
 def _slug(q:str) -> str:
-    q = re.sub(r'^(does|is|do)\s+the\s+post\s+(show|shows|indicate|indicates|contain|contains)\s+', '', q.strip().lower())
+    "A question as an id: without 'does the post show' and the like, words joined by `_`."
+    q = re.sub(r'^(does|is|do)\s+the\s+post\s+(show|shows|indicate|indicates|contain|contains)\s+', '',
+               q.strip().lower())
     return re.sub(r'[^a-z0-9]+', '_', q).strip('_')
 
-def load_imhi(path) -> PairTable:
-    "An IMHI classification CSV (`post,question,response` or `query,<answer column>`) → its pairs."
-    path = Path(path)
-    head = read_csv(path, [], 'IMHI CSV')
-    require_rows(head, 'IMHI CSV', 'rows')
-    head, notes = drop_repeats(head)
+# %% ../nbs/01_data.ipynb #b9a64a91
+def _imhi_prompts(head:pd.DataFrame, path:Path) -> tuple:
+    "`(prompts, answers, column the prompts come from)` of an IMHI CSV in its validation or its test layout."
     if {'post', 'question', 'response'} <= set(head.columns):
-        prompts, answers, ans_col, q_col = head.post + head.question, head.response, 'response', 'question'
-    elif 'query' in head.columns and len(head.columns) >= 2:
+        return head.post + head.question, head.response, 'question'
+    if 'query' in head.columns and len(head.columns) >= 2:
         ans_col = [c for c in head.columns if c != 'query'][0]
-        prompts, answers, q_col = head['query'], head[ans_col], 'query'
-    else:
-        raise InputError(f"{path}: not an IMHI classification CSV. Found columns: {', '.join(head.columns)}; "
-                         f"expected: post, question, response (validation) or query and an answer column (test)")
+        return head['query'], head[ans_col], 'query'
+    raise InputError(f"{path}: not an IMHI classification CSV. Found columns: {', '.join(head.columns)}; "
+                     f"expected: post, question, response (validation) or query and an answer column (test)")
+
+# %% ../nbs/01_data.ipynb #62406661
+def _imhi_pairs(head:pd.DataFrame, prompts, answers, q_col:str) -> pd.DataFrame:
+    "Post, question and label of each row; post ids hash the post, criterion ids are the question's slug."
     m = [_IMHI_RE.search(s) for s in prompts]
     bad = [i for i, x in enumerate(m) if x is None]
-    if bad: raise InputError(f"{_where(head, bad, q_col)}: expected 'Post: …' followed by 'Question: …\"the question\"'")
+    if bad:
+        raise InputError(f"{_where(head, bad, q_col)}: "
+                         "expected 'Post: …' followed by 'Question: …\"the question\"'")
     df = pd.DataFrame({'text': [x['post'] for x in m], 'description': [x['q'].strip() for x in m],
                        'label': answers.str.strip().str.split().str[0].fillna('').str.strip('.,;:!')})
     df.attrs.update(head.attrs)
@@ -415,6 +471,16 @@ def load_imhi(path) -> PairTable:
     df['post_id'] = ['imhi_' + hashlib.sha1(t.encode()).hexdigest()[:10] for t in df.text]
     df['criterion_id'] = [_slug(q) for q in df.description]
     df['name'] = df.criterion_id
+    return df
+
+# %% ../nbs/01_data.ipynb #ebcc7289
+def load_imhi(path) -> PairTable:
+    "An IMHI classification CSV (`post,question,response` or `query,<answer column>`) → its pairs."
+    path = Path(path)
+    head = read_csv(path, [], 'IMHI CSV')
+    require_rows(head, 'IMHI CSV', 'rows')
+    head, notes = drop_repeats(head)
+    df = _imhi_pairs(head, *_imhi_prompts(head, path))
     again = df.duplicated(['post_id', 'criterion_id']).to_numpy()
     if again.any():
         notes.append(f"{_where(df, list(np.flatnonzero(again)))}: the same post and question as an earlier row, "
@@ -423,19 +489,24 @@ def load_imhi(path) -> PairTable:
     crit = df.drop_duplicates('criterion_id')[['criterion_id', 'name', 'description']].reset_index(drop=True)
     return PairTable(df[PAIR_COLUMNS].reset_index(drop=True), crit, str(path), 'imhi', notes)
 
+# %% ../nbs/01_data.ipynb #b3f26d3c
+def _lacking_note(t:PairTable) -> list:
+    "A note (in a list; empty if none) on posts that lack pairs for some criteria."
+    crit = list(t.criteria.criterion_id)
+    per_post = t.pairs.groupby('post_id', sort=False).criterion_id.nunique()
+    short = per_post[per_post < len(crit)]
+    if not len(short): return []
+    ex = short.index[0]
+    lacks = [c for c in crit if c not in set(t.pairs.criterion_id[t.pairs.post_id == ex])]
+    absent = len(per_post) * len(crit) - len(t.pairs)
+    return [f"{len(short)} of {len(per_post)} posts lack pairs for some criteria ({absent} (post, criterion) "
+            f"pairs absent; e.g. post {ex} has none for {', '.join(lacks[:5])}): absent pairs are neither "
+            f"trained on nor scored"]
+
 # %% ../nbs/01_data.ipynb #0ce0894b
 def table_notes(t:PairTable, criteria_file:pd.DataFrame|None=None) -> list:
     "Notes on posts lacking some criteria's pairs, criteria of `criteria_file` without pairs or without positives."
-    notes, crit = [], list(t.criteria.criterion_id)
-    per_post = t.pairs.groupby('post_id', sort=False).criterion_id.nunique()
-    short = per_post[per_post < len(crit)]
-    if len(short):
-        ex = short.index[0]
-        lacks = [c for c in crit if c not in set(t.pairs.criterion_id[t.pairs.post_id == ex])]
-        absent = len(per_post) * len(crit) - len(t.pairs)
-        notes.append(f"{len(short)} of {len(per_post)} posts lack pairs for some criteria ({absent} (post, criterion) "
-                     f"pairs absent; e.g. post {ex} has none for {', '.join(lacks[:5])}): absent pairs are neither "
-                     f"trained on nor scored")
+    notes, crit = _lacking_note(t), list(t.criteria.criterion_id)
     if criteria_file is not None:
         unused = [c for c in criteria_file.criterion_id if c not in set(t.pairs.criterion_id)]
         where = criteria_file.attrs.get('path', '')
@@ -448,25 +519,34 @@ def table_notes(t:PairTable, criteria_file:pd.DataFrame|None=None) -> list:
     return notes
 
 # %% ../nbs/01_data.ipynb #5113dfbd
+def _load_format(d, path:Path, crit:pd.DataFrame|None) -> PairTable:
+    "The PairTable of `path` read as `d.format` (the params' data section)."
+    if d.format in ('redsm5', 'redsm5_single') and crit is None:
+        raise InputError(f"data.format {d.format} needs a criteria file (data.criteria)")
+    if d.format == 'redsm5': return load_redsm5(path, crit, d.symptom_map, d.ignore_symptoms)
+    if d.format == 'redsm5_single': return load_redsm5_single(path, crit, d.symptom_map, d.ignore_symptoms)
+    if d.format == 'pairs': return load_pairs_file(path, crit)
+    return load_imhi(path)
+
+# %% ../nbs/01_data.ipynb #f1130f32
+def _keep_criteria(t:PairTable, keep:list) -> PairTable:
+    "`t` with only the criteria `keep` (`data.criteria_ids`); `InputError` naming ids the data lacks."
+    unknown = [c for c in keep if c not in set(t.criteria.criterion_id)]
+    if unknown:
+        raise InputError(f"data.criteria_ids: {', '.join(unknown)} not in the data "
+                         f"(it has {', '.join(t.criteria.criterion_id)})")
+    return PairTable(t.pairs[t.pairs.criterion_id.isin(keep)].reset_index(drop=True),
+                     t.criteria[t.criteria.criterion_id.isin(keep)].reset_index(drop=True), t.source, t.format, t.notes)
+
+# %% ../nbs/01_data.ipynb #42e10e60
 def load_table(p, which:str='path') -> PairTable:
     "The PairTable that params `p` describe (`which`: 'path' or 'test_path')."
     d = p.data
     if d[which] is None: raise InputError(f"data.{which} is not set")
-    path = Path(d[which])
     crit = load_criteria(d.criteria) if d.criteria and d.format != 'imhi' else None
-    if d.format in ('redsm5', 'redsm5_single') and crit is None:
-        raise InputError(f"data.format {d.format} needs a criteria file (data.criteria)")
-    if d.format == 'redsm5': t = load_redsm5(path, crit, d.symptom_map, d.ignore_symptoms)
-    elif d.format == 'redsm5_single': t = load_redsm5_single(path, crit, d.symptom_map, d.ignore_symptoms)
-    elif d.format == 'pairs': t = load_pairs_file(path, crit)
-    else: t = load_imhi(path)
+    t = _load_format(d, Path(d[which]), crit)
     if d.criteria_ids:
-        unknown = [c for c in d.criteria_ids if c not in set(t.criteria.criterion_id)]
-        if unknown:
-            raise InputError(f"data.criteria_ids: {', '.join(unknown)} not in the data (it has {', '.join(t.criteria.criterion_id)})")
-        keep = list(d.criteria_ids)
-        t = PairTable(t.pairs[t.pairs.criterion_id.isin(keep)].reset_index(drop=True),
-                      t.criteria[t.criteria.criterion_id.isin(keep)].reset_index(drop=True), t.source, t.format, t.notes)
-        if crit is not None: crit = crit[crit.criterion_id.isin(keep)]
+        t = _keep_criteria(t, list(d.criteria_ids))
+        if crit is not None: crit = crit[crit.criterion_id.isin(list(d.criteria_ids))]
     t.notes = t.notes + table_notes(t, crit)
     return t

@@ -53,13 +53,15 @@ def threshold_sweep(y, prob, step:float=0.01) -> pd.DataFrame:
     weighted = (f1 * (tp + fn) + f1_neg * (tn + fp)) / max(len(y), 1)
     return pd.DataFrame({'threshold': ts, 'precision': precision, 'recall': recall, 'f1': f1, 'weighted_f1': weighted})
 
+# %% ../nbs/03_metrics.ipynb #d33d36bc
 SELECT_METRICS = ('f1', 'weighted_f1')
 
 def best_threshold(y, prob, step:float=0.01,
                    metric:str='f1',   # f1 (of the positive class) | weighted_f1 (support-weighted over both classes)
                   ) -> float:
     "The threshold with the highest `metric` on (y, prob); ties go to the one closest to 0.5."
-    if metric not in SELECT_METRICS: raise ValueError(f"threshold metric must be one of {SELECT_METRICS}, not {metric!r}")
+    if metric not in SELECT_METRICS:
+        raise ValueError(f"threshold metric must be one of {SELECT_METRICS}, not {metric!r}")
     s = threshold_sweep(y, prob, step)
     best = s[np.isclose(s[metric], s[metric].max())]
     return float(best.threshold.iloc[np.argmin(np.abs(best.threshold - 0.5))])
@@ -86,19 +88,23 @@ def criterion_table(pred:pd.DataFrame, threshold:float=0.5) -> pd.DataFrame:
 # %% ../nbs/03_metrics.ipynb #83809cf1
 def _f1(tp, fp, fn): return 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0
 
+def _auc(metric:str, y:np.ndarray, prob:np.ndarray) -> float:
+    "ROC-AUC (ties count one half) or PR-AUC (average precision, no interpolation) of boolean `y`; NaN for one class."
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y): return np.nan
+    if metric == 'roc_auc':
+        r = rankdata(prob)
+        return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos)))
+    o = np.argsort(-prob, kind='mergesort'); ys, ps = y[o], prob[o]
+    last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]   # the last index of each distinct score
+    tps = np.cumsum(ys)[last]; prec = tps / (last + 1); rec = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0, rec]) * prec))
+
+# %% ../nbs/03_metrics.ipynb #a8578c12
 def fast_score(metric:str, y:np.ndarray, prob:np.ndarray, th) -> float:
     "One metric of `binary_metrics` with numpy only (for the bootstrap); NaN for AUCs with one class."
     y = y.astype(bool)
-    if metric in ('roc_auc', 'pr_auc'):
-        n_pos = int(y.sum())
-        if n_pos == 0 or n_pos == len(y): return np.nan
-        if metric == 'roc_auc':
-            r = rankdata(prob)
-            return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos)))
-        o = np.argsort(-prob, kind='mergesort'); ys, ps = y[o], prob[o]
-        last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]   # the last index of each distinct score
-        tps = np.cumsum(ys)[last]; prec = tps / (last + 1); rec = tps / n_pos
-        return float(np.sum(np.diff(np.r_[0, rec]) * prec))
+    if metric in ('roc_auc', 'pr_auc'): return _auc(metric, y, prob)
     p = prob >= th
     tp, fp = int((p & y).sum()), int((p & ~y).sum()); fn, tn = int((~p & y).sum()), int((~p & ~y).sum())
     if metric == 'f1': return _f1(tp, fp, fn)
@@ -107,6 +113,14 @@ def fast_score(metric:str, y:np.ndarray, prob:np.ndarray, th) -> float:
     if metric == 'accuracy': return (tp + tn) / len(y)
     if metric == 'weighted_f1': return (_f1(tp, fp, fn) * (tp + fn) + _f1(tn, fn, fp) * (tn + fp)) / len(y)
     raise ValueError(f"unknown metric {metric!r}")
+
+# %% ../nbs/03_metrics.ipynb #5fb7aff5
+def _post_slices(posts:np.ndarray) -> tuple:
+    "`(row order, start, end, number of posts)`: rows `order[start[i]:end[i]]` are the pairs of the i-th post."
+    uniq, inv = np.unique(posts, return_inverse=True)
+    order = np.argsort(inv, kind='stable'); starts = np.searchsorted(inv[order], np.arange(len(uniq)))
+    ends = np.append(starts[1:], len(order))
+    return order, starts, ends, len(uniq)
 
 # %% ../nbs/03_metrics.ipynb #b3c376df
 def bootstrap_ci(pred:pd.DataFrame,          # prediction table with post_id, label, prob (and threshold)
@@ -118,10 +132,7 @@ def bootstrap_ci(pred:pd.DataFrame,          # prediction table with post_id, la
                 ) -> dict:
     "Point estimate and percentile (1-alpha) CI of `metric`, resampling posts."
     rng = np.random.default_rng(seed)
-    posts = pred.post_id.to_numpy()
-    uniq, inv = np.unique(posts, return_inverse=True)
-    order = np.argsort(inv, kind='stable'); starts = np.searchsorted(inv[order], np.arange(len(uniq)))
-    ends = np.append(starts[1:], len(order))
+    order, starts, ends, n_posts = _post_slices(pred.post_id.to_numpy())
     y = pred.label.to_numpy().astype(int); pr = pred.prob.to_numpy(dtype=float)
     th = pred['threshold'].to_numpy(dtype=float) if 'threshold' in pred else np.full(len(pred), threshold)
     def score(idx):
@@ -130,9 +141,8 @@ def bootstrap_ci(pred:pd.DataFrame,          # prediction table with post_id, la
     point = score(np.arange(len(pred)))
     stats = []
     for _ in range(n):
-        draw = rng.integers(0, len(uniq), len(uniq))
-        idx = np.concatenate([order[starts[d]:ends[d]] for d in draw])
-        stats.append(score(idx))
+        draw = rng.integers(0, n_posts, n_posts)
+        stats.append(score(np.concatenate([order[starts[d]:ends[d]] for d in draw])))
     lo, hi = np.nanpercentile(stats, [100*alpha/2, 100*(1-alpha/2)])
     return {'metric': metric if isinstance(metric, str) else getattr(metric, '__name__', 'metric'),
             'value': float(point), 'low': float(lo), 'high': float(hi), 'n_boot': n, 'level': 1 - alpha}
@@ -143,6 +153,15 @@ def curves(y, prob) -> dict:
     fpr, tpr, _ = skm.roc_curve(y, prob)
     pr, rc, _ = skm.precision_recall_curve(y, prob)
     return {'roc': pd.DataFrame({'fpr': fpr, 'tpr': tpr}), 'pr': pd.DataFrame({'recall': rc, 'precision': pr})}
+
+# %% ../nbs/03_metrics.ipynb #09ffe831
+def _criterion_probs(Xtr, Xdv, Xte, ytr:np.ndarray, C:float) -> tuple:
+    "Dev and test probabilities of one criterion's logistic regression (the base rate when training has one class)."
+    keep = ytr >= 0
+    if len(np.unique(ytr[keep])) < 2:
+        return np.full(Xdv.shape[0], ytr[keep].mean()), np.full(Xte.shape[0], ytr[keep].mean())
+    lr = LogisticRegression(C=C, class_weight='balanced', max_iter=2000).fit(Xtr[keep], ytr[keep])
+    return lr.predict_proba(Xdv)[:, 1], lr.predict_proba(Xte)[:, 1]
 
 # %% ../nbs/03_metrics.ipynb #ac5c0a82
 def tfidf_baseline(table,              # a `PairTable`
@@ -157,17 +176,13 @@ def tfidf_baseline(table,              # a `PairTable`
     out = []
     for f in folds:
         vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, strip_accents='unicode')
-        Xtr = vec.fit_transform(posts.loc[f['train']]); Xdv = vec.transform(posts.loc[f['dev']]); Xte = vec.transform(posts.loc[f['test']])
+        Xtr = vec.fit_transform(posts.loc[f['train']])
+        Xdv, Xte = vec.transform(posts.loc[f['dev']]), vec.transform(posts.loc[f['test']])
         for c in lab.columns:
             ytr, ydv, yte = (lab.loc[f[k], c].to_numpy() for k in ('train', 'dev', 'test'))
-            keep = ytr >= 0
-            if len(np.unique(ytr[keep])) < 2: p_dv, p_te = np.full(len(ydv), ytr[keep].mean()), np.full(len(yte), ytr[keep].mean())
-            else:
-                lr = LogisticRegression(C=C, class_weight='balanced', max_iter=2000).fit(Xtr[keep], ytr[keep])
-                p_dv, p_te = lr.predict_proba(Xdv)[:, 1], lr.predict_proba(Xte)[:, 1]
-            mdv = ydv >= 0
+            p_dv, p_te = _criterion_probs(Xtr, Xdv, Xte, ytr, C)
+            mdv, mte = ydv >= 0, yte >= 0
             th = best_threshold(ydv[mdv], p_dv[mdv], step, metric) if mdv.any() else 0.5
-            mte = yte >= 0
             out.append(pd.DataFrame({'post_id': np.asarray(f['test'])[mte], 'criterion_id': c, 'label': yte[mte],
                                      'prob': p_te[mte], 'threshold': th, 'fold': f['fold']}))
     return pd.concat(out, ignore_index=True)

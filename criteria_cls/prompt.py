@@ -6,6 +6,7 @@
 from __future__ import annotations
 import re
 from dataclasses import dataclass
+from fastcore.basics import patch
 import pandas as pd
 from transformers import DataCollatorWithPadding
 from .config import DEFAULT_TEMPLATE, InputError
@@ -38,26 +39,33 @@ class Frame:
     tail: tuple
     types: tuple  # token type ids of (head, first seq, mid, second seq, tail) or None
 
+# %% ../nbs/04_prompt.ipynb #6f69e3a4
 def _find(hay, needle):
+    "The first index of the run `needle` in `hay`."
     for i in range(len(hay) - len(needle) + 1):
         if hay[i:i+len(needle)] == needle: return i
     raise ValueError('probe not found')
 
-def special_frame(tokenizer, pair:bool=False) -> Frame:
-    "The special tokens `tokenizer` puts around one sequence or a pair."
-    a = tokenizer('a', add_special_tokens=False)['input_ids']
-    if not pair:
-        full = tokenizer('a')['input_ids']
-        i = _find(full, a)
-        return Frame(tuple(full[:i]), (), tuple(full[i+len(a):]), None)
+def _pair_frame(tokenizer, a:list) -> Frame:
+    "The frame of a pair, read off the encoding of `('a', 'b')` (`a`: the ids of 'a' alone)."
     b = tokenizer('b', add_special_tokens=False)['input_ids']
     enc = tokenizer('a', 'b')
     full, tt = enc['input_ids'], enc.get('token_type_ids')
     i = _find(full, a); j = _find(full[i+len(a):], b) + i + len(a)
     types = None
     if tt is not None:
-        types = (tt[0] if i else 0, tt[i], tt[i+len(a)] if j > i+len(a) else tt[i], tt[j], tt[-1] if j+len(b) < len(full) else tt[j])
+        types = (tt[0] if i else 0, tt[i], tt[i+len(a)] if j > i+len(a) else tt[i], tt[j],
+                 tt[-1] if j+len(b) < len(full) else tt[j])
     return Frame(tuple(full[:i]), tuple(full[i+len(a):j]), tuple(full[j+len(b):]), types)
+
+# %% ../nbs/04_prompt.ipynb #85e1f391
+def special_frame(tokenizer, pair:bool=False) -> Frame:
+    "The special tokens `tokenizer` puts around one sequence or a pair."
+    a = tokenizer('a', add_special_tokens=False)['input_ids']
+    if pair: return _pair_frame(tokenizer, a)
+    full = tokenizer('a')['input_ids']
+    i = _find(full, a)
+    return Frame(tuple(full[:i]), (), tuple(full[i+len(a):]), None)
 
 # %% ../nbs/04_prompt.ipynb #6e25789c
 def split_template(template:str=DEFAULT_TEMPLATE):
@@ -68,6 +76,7 @@ def split_template(template:str=DEFAULT_TEMPLATE):
     stripped = before.rstrip()
     return stripped, before[len(stripped):], after
 
+# %% ../nbs/04_prompt.ipynb #aaab89bb
 def render_prompt(post:str, criterion:str, template:str=DEFAULT_TEMPLATE) -> str:
     "The prompt as text, for people to read (the model sees `PromptEncoder`'s ids)."
     return template.replace('{criterion}', criterion).replace('{post}', post)
@@ -98,68 +107,83 @@ class PromptEncoder:
         if not texts: return []
         return self.tok(texts, add_special_tokens=False)['input_ids']
 
-    def segments(self, posts, criteria):
-        "Per pair: `(prefix_ids, post_ids, suffix_ids)` before truncation, specials included in prefix/suffix."
-        f = self.frame
-        uposts = list(dict.fromkeys(posts)); ucrit = list(dict.fromkeys(criteria))
-        if self.pair_form:
-            pid = dict(zip(uposts, self._ids(uposts)))
-            cid = dict(zip(ucrit, self._ids(ucrit)))
-            return [(list(f.head) + cid[c] + list(f.mid), pid[p], list(f.tail)) for p, c in zip(posts, criteria)]
-        pid = dict(zip(uposts, self._ids(self.sep + p for p in uposts)))
-        bef = dict(zip(ucrit, self._ids(self.before.replace('{criterion}', c) for c in ucrit)))
-        aft = dict(zip(ucrit, self._ids(self.after.replace('{criterion}', c) for c in ucrit)))
-        return [(list(f.head) + bef[c], pid[p], aft[c] + list(f.tail)) for p, c in zip(posts, criteria)]
+# %% ../nbs/04_prompt.ipynb #c06898e3
+@patch
+def decode(self:PromptEncoder, enc) -> str:
+    "The text the model sees (special tokens shown)."
+    return self.tok.decode(enc['input_ids'])
 
-    def budget(self, prefix, suffix):
-        "Tokens left for the post."
-        b = self.max_length - len(prefix) - len(suffix)
-        if b < 1:
-            raise InputError(f"prompt.max_length={self.max_length} leaves no room for the post: the criterion, "
-                             f"question and special tokens take {len(prefix)+len(suffix)} tokens. "
-                             f"Raise prompt.max_length or shorten the template or criterion text.")
-        return b
+# %% ../nbs/04_prompt.ipynb #57031fff
+@patch
+def segments(self:PromptEncoder, posts, criteria):
+    "Per pair: `(prefix_ids, post_ids, suffix_ids)` before truncation, specials included in prefix/suffix."
+    f = self.frame
+    uposts = list(dict.fromkeys(posts)); ucrit = list(dict.fromkeys(criteria))
+    if self.pair_form:
+        pid = dict(zip(uposts, self._ids(uposts)))
+        cid = dict(zip(ucrit, self._ids(ucrit)))
+        return [(list(f.head) + cid[c] + list(f.mid), pid[p], list(f.tail)) for p, c in zip(posts, criteria)]
+    pid = dict(zip(uposts, self._ids(self.sep + p for p in uposts)))
+    bef = dict(zip(ucrit, self._ids(self.before.replace('{criterion}', c) for c in ucrit)))
+    aft = dict(zip(ucrit, self._ids(self.after.replace('{criterion}', c) for c in ucrit)))
+    return [(list(f.head) + bef[c], pid[p], aft[c] + list(f.tail)) for p, c in zip(posts, criteria)]
 
-    def encode_many(self, posts, criteria) -> list[dict]:
-        "Model inputs (input_ids, attention_mask, token_type_ids where used) for each pair."
-        out = []
-        for prefix, post, suffix in self.segments(posts, criteria):
-            post = truncate_post(post, self.budget(prefix, suffix), self.truncation, self.head_fraction)
-            ids = prefix + post + suffix
-            enc = {'input_ids': ids, 'attention_mask': [1] * len(ids)}
-            if self.frame.types is not None:
-                enc['token_type_ids'] = [self.frame.types[0]] * len(prefix) + [self.frame.types[3]] * (len(post) + len(suffix))
-            out.append(enc)
-        return out
+# %% ../nbs/04_prompt.ipynb #4ecf72fb
+@patch
+def budget(self:PromptEncoder, prefix, suffix):
+    "Tokens left for the post."
+    b = self.max_length - len(prefix) - len(suffix)
+    if b < 1:
+        raise InputError(f"prompt.max_length={self.max_length} leaves no room for the post: the criterion, "
+                         f"question and special tokens take {len(prefix)+len(suffix)} tokens. "
+                         f"Raise prompt.max_length or shorten the template or criterion text.")
+    return b
 
-    def encode(self, post:str, criterion:str) -> dict:
-        "Model inputs for one pair."
-        return self.encode_many([post], [criterion])[0]
+# %% ../nbs/04_prompt.ipynb #e299d68b
+@patch
+def encode_many(self:PromptEncoder, posts, criteria) -> list[dict]:
+    "Model inputs (input_ids, attention_mask, token_type_ids where used) for each pair."
+    out = []
+    for prefix, post, suffix in self.segments(posts, criteria):
+        post = truncate_post(post, self.budget(prefix, suffix), self.truncation, self.head_fraction)
+        ids = prefix + post + suffix
+        enc = {'input_ids': ids, 'attention_mask': [1] * len(ids)}
+        if self.frame.types is not None:
+            t0, t1 = self.frame.types[0], self.frame.types[3]
+            enc['token_type_ids'] = [t0] * len(prefix) + [t1] * (len(post) + len(suffix))
+        out.append(enc)
+    return out
 
-    def decode(self, enc) -> str:
-        "The text the model sees (special tokens shown)."
-        return self.tok.decode(enc['input_ids'])
+@patch
+def encode(self:PromptEncoder, post:str, criterion:str) -> dict:
+    "Model inputs for one pair."
+    return self.encode_many([post], [criterion])[0]
 
-    @property
-    def can_share(self) -> bool:
-        "Whether prompts of one post can share their start (template with the post before the criterion)."
-        return self.post_first and not self.pair_form
+# %% ../nbs/04_prompt.ipynb #b3969b7c
+@patch(as_prop=True)
+def can_share(self:PromptEncoder) -> bool:
+    "Whether prompts of one post can share their start (template with the post before the criterion)."
+    return self.post_first and not self.pair_form
 
-    def encode_shared(self, posts, criteria) -> tuple:
-        "`(prefix ids per post, suffix ids per criterion)`: a post's prompt for criterion c is `prefix + suffix[c]`."
-        if not self.can_share: raise InputError("prompts share their start only with {post} before {criterion} in the template")
-        f, criteria = self.frame, list(criteria)
-        suffix = [a + list(f.tail) for a in self._ids(self.after.replace('{criterion}', c) for c in criteria)]
-        before = self._ids([self.before])[0] if self.before else []
-        if '{criterion}' in self.before: raise InputError("encode_shared: the text before {post} must not name the criterion")
-        head = list(f.head) + before
-        budget = self.budget(head, max(suffix, key=len))          # one cut of the post that leaves room for every criterion
-        prefix = [head + truncate_post(i, budget, self.truncation, self.head_fraction) for i in self._ids(self.sep + p for p in posts)]
-        return prefix, suffix
+@patch
+def encode_shared(self:PromptEncoder, posts, criteria) -> tuple:
+    "`(prefix ids per post, suffix ids per criterion)`: a post's prompt for criterion c is `prefix + suffix[c]`."
+    if not self.can_share:
+        raise InputError("prompts share their start only with {post} before {criterion} in the template")
+    f, criteria = self.frame, list(criteria)
+    suffix = [a + list(f.tail) for a in self._ids(self.after.replace('{criterion}', c) for c in criteria)]
+    before = self._ids([self.before])[0] if self.before else []
+    if '{criterion}' in self.before:
+        raise InputError("encode_shared: the text before {post} must not name the criterion")
+    head = list(f.head) + before
+    budget = self.budget(head, max(suffix, key=len))          # one cut of the post that leaves room for every criterion
+    posts = self._ids(self.sep + p for p in posts)
+    prefix = [head + truncate_post(i, budget, self.truncation, self.head_fraction) for i in posts]
+    return prefix, suffix
 
 # %% ../nbs/04_prompt.ipynb #6a0c097d
 def make_collator(tokenizer, pad_to:int|None=None):
-    "A collator that pads each batch to its longest pair (or to `pad_to` tokens, for benchmarks); `labels` pass through."
+    "A collator that pads each batch to its longest pair (or to `pad_to` tokens, for benchmarks); labels pass through."
     if pad_to: return DataCollatorWithPadding(tokenizer, padding='max_length', max_length=pad_to, return_tensors='pt')
     return DataCollatorWithPadding(tokenizer, padding='longest', return_tensors='pt')
 
@@ -204,7 +228,8 @@ class PostEncoder:
                  segments:str='post',           # post | sentences
                  sentence_max_length:int=64,    # segments=sentences: tokens per sentence piece, special tokens included
                  max_sentences:int=48):         # segments=sentences: pieces kept per post
-        self.tok, self.max_length, self.truncation, self.head_fraction = tokenizer, max_length, truncation, head_fraction
+        self.tok, self.max_length = tokenizer, max_length
+        self.truncation, self.head_fraction = truncation, head_fraction
         self.segments, self.sentence_max_length, self.max_sentences = segments, sentence_max_length, max_sentences
         self.frame = special_frame(tokenizer)
 
@@ -220,25 +245,31 @@ class PostEncoder:
         ids = list(self.frame.head) + list(ids) + list(self.frame.tail)
         return {'input_ids': ids, 'attention_mask': [1] * len(ids)}
 
-    def encode_texts(self, texts, max_length:int|None=None) -> list:
-        "Each text as one sequence, cut (head and tail kept) to `max_length` tokens."
-        budget = (max_length or self.max_length) - len(self.frame.head) - len(self.frame.tail)
-        ids = self.tok(list(texts), add_special_tokens=False)['input_ids'] if len(texts) else []
-        return [self.wrap(truncate_post(i, budget, self.truncation, self.head_fraction)) for i in ids]
+# %% ../nbs/04_prompt.ipynb #16954deb
+@patch
+def encode_texts(self:PostEncoder, texts, max_length:int|None=None) -> list:
+    "Each text as one sequence, cut (head and tail kept) to `max_length` tokens."
+    budget = (max_length or self.max_length) - len(self.frame.head) - len(self.frame.tail)
+    ids = self.tok(list(texts), add_special_tokens=False)['input_ids'] if len(texts) else []
+    return [self.wrap(truncate_post(i, budget, self.truncation, self.head_fraction)) for i in ids]
 
-    def encode_sentences(self, posts) -> list:
-        "Per post, its sentence pieces as sequences."
-        budget = self.sentence_max_length - len(self.frame.head) - len(self.frame.tail)
-        if budget < 1: raise InputError(f"prompt.sentence_max_length={self.sentence_max_length} leaves no room for words")
-        split = [split_sentences(p) for p in posts]
-        flat = self.tok([s for ss in split for s in ss], add_special_tokens=False)['input_ids']
-        out, j = [], 0
-        for ss in split:
-            pieces = [c for i in flat[j:j + len(ss)] for c in _chunks(i, budget)]; j += len(ss)
-            out.append([self.wrap(c) for c in _keep_ends(pieces, self.max_sentences)])
-        return out
+# %% ../nbs/04_prompt.ipynb #265221dc
+@patch
+def encode_sentences(self:PostEncoder, posts) -> list:
+    "Per post, its sentence pieces as sequences."
+    budget = self.sentence_max_length - len(self.frame.head) - len(self.frame.tail)
+    if budget < 1: raise InputError(f"prompt.sentence_max_length={self.sentence_max_length} leaves no room for words")
+    split = [split_sentences(p) for p in posts]
+    flat = self.tok([s for ss in split for s in ss], add_special_tokens=False)['input_ids']
+    out, j = [], 0
+    for ss in split:
+        pieces = [c for i in flat[j:j + len(ss)] for c in _chunks(i, budget)]; j += len(ss)
+        out.append([self.wrap(c) for c in _keep_ends(pieces, self.max_sentences)])
+    return out
 
-    def encode_posts(self, posts) -> list:
-        "Per post: one encoding (`segments: post`) or a list of sentence encodings (`segments: sentences`)."
-        posts = list(posts)
-        return self.encode_sentences(posts) if self.segments == 'sentences' else self.encode_texts(posts)
+# %% ../nbs/04_prompt.ipynb #a93928ea
+@patch
+def encode_posts(self:PostEncoder, posts) -> list:
+    "Per post: one encoding (`segments: post`) or a list of sentence encodings (`segments: sentences`)."
+    posts = list(posts)
+    return self.encode_sentences(posts) if self.segments == 'sentences' else self.encode_texts(posts)

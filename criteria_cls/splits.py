@@ -20,14 +20,15 @@ __all__ = ['check_splittable', 'make_folds', 'train_dev_split', 'fold_coverage',
 def check_splittable(t:PairTable, folds:int):
     "Raise when there are fewer posts than folds, or a criterion has fewer positive posts than folds."
     n = t.pairs.post_id.nunique()
-    if n < folds: raise InputError(f"{t.source}: {n} posts but cv.folds={folds}: each fold needs at least one test post. "
-                                   "Lower cv.folds or add posts.")
+    if n < folds: raise InputError(f"{t.source}: {n} posts but cv.folds={folds}: each fold needs at least one test "
+                                   "post. Lower cv.folds or add posts.")
     pos = t.pairs.groupby('criterion_id').label.sum().reindex(t.criteria.criterion_id).fillna(0).astype(int)
     few = pos[pos < folds]
     if len(few):
         lst = ', '.join(f"{c} ({v} positive post{'s' if v != 1 else ''})" for c, v in few.items())
-        raise InputError(f"{t.source}: criteria with fewer positive posts than cv.folds={folds}: {lst}. Every test fold needs a positive "
-                         f"to measure recall. Lower cv.folds, or leave these criteria out with data.criteria_ids=[...].")
+        raise InputError(f"{t.source}: criteria with fewer positive posts than cv.folds={folds}: {lst}. Every test "
+                         f"fold needs a positive to measure recall. Lower cv.folds, or leave these criteria out with "
+                         f"data.criteria_ids=[...].")
 
 # %% ../nbs/02_splits.ipynb #8ea94a24
 def _strata(t:PairTable):
@@ -36,6 +37,7 @@ def _strata(t:PairTable):
     m = m.loc[sorted(m.index)]
     return m.index.to_numpy(), m.to_numpy()
 
+# %% ../nbs/02_splits.ipynb #64e86875
 def _dev_split(ids, y, frac, seed):
     "Split `ids` into (train, dev) by post, stratified over the label matrix `y` (one column: over that label)."
     n_dev = max(1, int(round(len(ids) * frac)))
@@ -49,6 +51,22 @@ def _dev_split(ids, y, frac, seed):
         tr, dv = next(mss.split(np.zeros(len(ids)), y))
     return ids[tr], ids[dv]
 
+# %% ../nbs/02_splits.ipynb #cf053804
+def _outer_parts(t:PairTable, ids, y, folds:int, seed:int, method:str) -> list:
+    "`(train+dev ids, test ids)` of each fold, by post: `multilabel` (iterative) or `group` (StratifiedGroupKFold)."
+    if method == 'multilabel':
+        one = y.shape[1] == 1
+        kf = (StratifiedKFold if one else MultilabelStratifiedKFold)(n_splits=folds, shuffle=True, random_state=seed)
+        splits = kf.split(np.zeros(len(ids)), y[:, 0] if one else y)
+        return [(ids[a], ids[b]) for a, b in splits]
+    if method == 'group':
+        pairs = t.pairs.sort_values(['post_id', 'criterion_id'])
+        sgk = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return [(np.array(sorted(set(pairs.post_id.iloc[a]))), np.array(sorted(set(pairs.post_id.iloc[b]))))
+                for a, b in sgk.split(pairs, pairs.label, groups=pairs.post_id)]
+    raise InputError(f"cv.method must be multilabel or group, found {method!r}")
+
+# %% ../nbs/02_splits.ipynb #221b96ea
 def make_folds(t:PairTable,            # the data
                folds:int=5,            # number of folds
                dev_fraction:float=0.15, # share of each training part held out as dev
@@ -58,23 +76,13 @@ def make_folds(t:PairTable,            # the data
     "Per fold: sorted post ids of `train`, `dev` and `test`."
     check_splittable(t, folds)
     ids, y = _strata(t)
-    if method == 'multilabel':
-        one = y.shape[1] == 1
-        kf = (StratifiedKFold if one else MultilabelStratifiedKFold)(n_splits=folds, shuffle=True, random_state=seed)
-        splits = kf.split(np.zeros(len(ids)), y[:, 0] if one else y)
-        parts = [(ids[a], ids[b]) for a, b in splits]
-    elif method == 'group':
-        pairs = t.pairs.sort_values(['post_id', 'criterion_id'])
-        sgk = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        parts = []
-        for a, b in sgk.split(pairs, pairs.label, groups=pairs.post_id):
-            parts.append((np.array(sorted(set(pairs.post_id.iloc[a]))), np.array(sorted(set(pairs.post_id.iloc[b])))))
-    else: raise InputError(f"cv.method must be multilabel or group, found {method!r}")
+    parts = _outer_parts(t, ids, y, folds, seed, method)
     row = {p: i for i, p in enumerate(ids)}
     out = []
     for k, (trainval, test) in enumerate(parts):
         tr, dv = _dev_split(np.asarray(trainval), y[[row[p] for p in trainval]], dev_fraction, seed + k)
-        out.append({'fold': k, 'train': sorted(map(str, tr)), 'dev': sorted(map(str, dv)), 'test': sorted(map(str, test))})
+        out.append({'fold': k, 'train': sorted(map(str, tr)), 'dev': sorted(map(str, dv)),
+                    'test': sorted(map(str, test))})
     return out
 
 # %% ../nbs/02_splits.ipynb #b280f8e2
@@ -95,6 +103,7 @@ def fold_coverage(t:PairTable, folds:list) -> pd.DataFrame:
     df = pd.DataFrame(cols); df.columns.names = ['fold', 'part']
     return df
 
+# %% ../nbs/02_splits.ipynb #39492b7a
 def coverage_notes(t:PairTable, folds:list) -> list[str]:
     "Which criteria lack positives in which test or dev folds (empty when none do)."
     cov = fold_coverage(t, folds)
@@ -103,15 +112,18 @@ def coverage_notes(t:PairTable, folds:list) -> list[str]:
         c = cov.xs(part, axis=1, level='part')
         for crit, row in c.iterrows():
             miss = [str(k) for k, v in row.items() if v == 0]
-            if miss: notes.append(f"criterion {crit} has no positive post in the {part} part of fold(s) {', '.join(miss)}")
+            if miss:
+                notes.append(f"criterion {crit} has no positive post in the {part} part of fold(s) {', '.join(miss)}")
     return notes
 
 # %% ../nbs/02_splits.ipynb #6e678ea6
 def split_hash(t:PairTable, folds:int, dev_fraction:float, seed:int, method:str, n:int=12) -> str:
     "Hash of the data's content and the split params."
-    key = json.dumps(dict(data=t.content_hash(), folds=folds, dev_fraction=dev_fraction, seed=seed, method=method), sort_keys=True)
+    key = json.dumps(dict(data=t.content_hash(), folds=folds, dev_fraction=dev_fraction, seed=seed, method=method),
+                     sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:n]
 
+# %% ../nbs/02_splits.ipynb #48cadabe
 def folds_from_params(t:PairTable, p) -> dict:
     "The folds document for params `p`: split params, hashes, folds, coverage notes."
     c = p.cv
@@ -120,6 +132,7 @@ def folds_from_params(t:PairTable, p) -> dict:
             'params': {'folds': c.folds, 'dev_fraction': c.dev_fraction, 'seed': p.seed, 'method': c.method},
             'source': t.source, 'notes': coverage_notes(t, folds), 'folds': folds}
 
+# %% ../nbs/02_splits.ipynb #848075cc
 def write_folds(doc:dict, path) -> Path:
     "Write the folds document atomically."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,15 +141,18 @@ def write_folds(doc:dict, path) -> Path:
     tmp.replace(path)
     return path
 
+# %% ../nbs/02_splits.ipynb #b7b6ffeb
 def read_folds(path, t:PairTable|None=None) -> dict:
     "Read `folds.json`; with `t`, check it was made from the same data."
     doc = json.loads(Path(path).read_text(encoding='utf-8'))
     if t is not None and doc['data_hash'] != t.content_hash():
-        raise InputError(f"{path}: made from data with hash {doc['data_hash']}, but the data now hashes to {t.content_hash()}. "
-                         f"The data changed: make new folds.")
+        raise InputError(f"{path}: made from data with hash {doc['data_hash']}, but the data now hashes to "
+                         f"{t.content_hash()}. The data changed: make new folds.")
     return doc
 
+# %% ../nbs/02_splits.ipynb #ed9c5133
 def fold_pairs(t:PairTable, doc:dict, k:int) -> dict:
     "The pairs of fold `k`'s train, dev and test parts."
     f = doc['folds'][k]
-    return {part: t.pairs[t.pairs.post_id.isin(set(f[part]))].reset_index(drop=True) for part in ('train', 'dev', 'test')}
+    return {part: t.pairs[t.pairs.post_id.isin(set(f[part]))].reset_index(drop=True)
+            for part in ('train', 'dev', 'test')}
