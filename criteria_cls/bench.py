@@ -4,26 +4,75 @@
 
 # %% ../nbs/10_bench.ipynb #4f466778
 from __future__ import annotations
-import hashlib, time
+import hashlib, threading, time
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import tempfile
 from peft import TaskType, get_peft_model
-from transformers import AutoModelForSequenceClassification, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import (AutoModelForSequenceClassification, PrinterCallback, Trainer, TrainerCallback,
+                          TrainingArguments)
 import criteria_cls
 from .config import InputError, project_root, seed_everything
 from .prompt import PromptEncoder, make_collator, pair_inputs
-from .model import (build_model, device_of, frozen_layers, load_tokenizer, peft_config, quiet_hf, resolve_backbone,
-                                resolve_precision)
-from .train import (_StepState, make_optimizer, make_task, pairs_criteria, shares_prefix, train_fold, train_mode,
-                                train_step)
+from .model import (build_model, device_of, frozen_layers, load_tokenizer, peft_config, quiet_hf,
+                                resolve_backbone, resolve_precision)
+from .train import (_StepState, make_optimizer, make_task, pairs_criteria, shares_prefix, train_fold,
+                                train_mode, train_step)
 from .infer import Predictor
 from .metrics import best_threshold, binary_metrics, tfidf_baseline
 from .splits import fold_pairs
 
 # %% auto #0
-__all__ = ['trainer_anchor', 'bench_train', 'format_bench_train', 'dev_predictions', 'crossfit_f1', 'recipe_row', 'baseline_dev',
-           'demo_posts', 'bench_pairs', 'bench', 'format_bench']
+__all__ = ['rss_gb', 'PeakRSS', 'with_rss', 'trainer_anchor', 'bench_sample', 'bench_train', 'format_bench_train',
+           'dev_predictions', 'crossfit_f1', 'recipe_row', 'baseline_dev', 'demo_posts', 'bench_pairs', 'format_bench',
+           'bench']
+
+# %% ../nbs/10_bench.ipynb #80d629d6
+def rss_gb() -> float|None:
+    "This process's resident memory now, in GB (from /proc/self/status; None where there is none, off Linux)."
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmRSS:'): return int(line.split()[1]) * 1024 / 1e9
+    except OSError: pass
+    return None
+
+# %% ../nbs/10_bench.ipynb #5cc9245a
+class PeakRSS:
+    "Context manager: the RSS at the start of a block and its peak while the block runs (GB), sampled by a thread."
+    def __init__(self, interval:float=0.005): self.interval, self.start_gb, self.peak_gb = interval, None, None
+
+    def _see(self):
+        v = rss_gb()
+        if v is not None: self.peak_gb = max(self.peak_gb or 0.0, v)
+
+    def _sample(self):
+        while not self._stop.wait(self.interval): self._see()
+
+    def __enter__(self):
+        self.start_gb = self.peak_gb = rss_gb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True); self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set(); self._thread.join(); self._see()
+
+# %% ../nbs/10_bench.ipynb #6b196d0a
+def with_rss(fn, *args, **kwargs) -> dict:
+    "`fn(*args, **kwargs)` (a dict of measurements) with `peak_rss_gb` while it ran and `start_rss_gb` before it."
+    with PeakRSS() as m: out = fn(*args, **kwargs)
+    r = lambda v: None if v is None else round(v, 3)
+    return {**out, 'peak_rss_gb': r(m.peak_gb), 'start_rss_gb': r(m.start_gb)}
+
+# %% ../nbs/10_bench.ipynb #b07197f4
+def _tokens(task, groups:list, micro:int) -> tuple:
+    "`(real tokens, padded tokens)` of `groups` of `task`'s units, batched `micro` units at a time."
+    shared = hasattr(task, 'suffixes')     # tokens: each pair's whole prompt, as the separate pairs would read it
+    tokens = sum(task.lengths[j] + sum(len(task.suffixes[c]['input_ids']) for c in np.flatnonzero(task.active([j])[0]))
+                 if shared else task.lengths[j] for g in groups for j in g)
+    padded = sum(int(task.batch(g[i:i + micro])['input_ids'].numel()) for g in groups for i in range(0, len(g), micro))
+    return tokens, padded
 
 # %% ../nbs/10_bench.ipynb #8f2b31a6
 def _time_steps(model, task, p, steps:int, precision:str, pad_to:int|None=None) -> dict:
@@ -37,7 +86,8 @@ def _time_steps(model, task, p, steps:int, precision:str, pad_to:int|None=None) 
     def run(g):
         opt.zero_grad(set_to_none=True)
         train_step(model, g, task, state, weights, precision)
-        if T.max_grad_norm: torch.nn.utils.clip_grad_norm_([w for w in model.parameters() if w.requires_grad], T.max_grad_norm)
+        if T.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([w for w in model.parameters() if w.requires_grad], T.max_grad_norm)
         opt.step()
     train_mode(model, frozen_layers(p, model))
     run(groups[0])
@@ -46,11 +96,9 @@ def _time_steps(model, task, p, steps:int, precision:str, pad_to:int|None=None) 
     for g in timed: run(g)
     s = time.perf_counter() - t
     pairs = int(sum(task.active(g).sum() for g in timed))
-    tokens = sum(task.lengths[j] + sum(len(task.suffixes[c]['input_ids']) for c in np.flatnonzero(task.active([j])[0]))
-                 if hasattr(task, 'suffixes') else task.lengths[j] for g in timed for j in g)
-    padded = sum(int(task.batch(g[i:i + state.micro])['input_ids'].numel()) for g in timed for i in range(0, len(g), state.micro))
+    tokens, padded = _tokens(task, timed, state.micro)
     task.pad_to = None
-    shared = hasattr(task, 'suffixes')     # tokens: each pair's whole prompt, as the separate pairs would read it
+    shared = hasattr(task, 'suffixes')
     return {'pairs_per_s': pairs / s, 'tokens_per_s': tokens / s, 'ms_per_pair': 1000 * s / pairs,
             'pad_fraction': None if shared else 1 - tokens / padded, 'seconds': s, 'pairs': pairs}
 
@@ -62,6 +110,19 @@ class _StepClock(TrainerCallback):
         if state.global_step == 1: self.t = time.perf_counter()
     def on_train_end(self, args, state, control, **kw): self.seconds = time.perf_counter() - self.t
 
+# %% ../nbs/10_bench.ipynb #3e5053cd
+def _trainer_args(p, folder:str, steps:int, device:str) -> TrainingArguments:
+    "The Trainer's arguments: our batch sizes, learning rate, weight decay, clipping and precision; no logging."
+    T = p.train
+    return TrainingArguments(output_dir=folder, per_device_train_batch_size=T.batch_size, max_steps=steps + 1,
+                             gradient_accumulation_steps=T.effective_batch_size // T.batch_size, learning_rate=T.lr,
+                             weight_decay=T.weight_decay, max_grad_norm=T.max_grad_norm,
+                             train_sampling_strategy='group_by_length',
+                             bf16=resolve_precision(T.mixed_precision, device) == 'bf16', use_cpu=device == 'cpu',
+                             report_to=[], logging_strategy='no', save_strategy='no', seed=p.seed, disable_tqdm=True,
+                             dataloader_num_workers=0)
+
+# %% ../nbs/10_bench.ipynb #11b79dca
 def trainer_anchor(p, pairs:pd.DataFrame, steps:int, device:str) -> dict:
     "The HF Trainer on `pairs`: the same LoRA, batch sizes, precision and clipping; dynamic padding, `group_by_length`."
     T = p.train
@@ -76,21 +137,41 @@ def trainer_anchor(p, pairs:pd.DataFrame, steps:int, device:str) -> dict:
     enc = pair_inputs(PromptEncoder.from_params(tok, p), pairs, p.prompt.criterion_text)
     data = [{**e, 'labels': int(y)} for e, y in zip(enc, pairs.label)]
     clock = _StepClock()
-    with tempfile.TemporaryDirectory() as td:
-        args = TrainingArguments(output_dir=td, per_device_train_batch_size=T.batch_size, max_steps=steps + 1,
-                                 gradient_accumulation_steps=T.effective_batch_size // T.batch_size, learning_rate=T.lr,
-                                 weight_decay=T.weight_decay, max_grad_norm=T.max_grad_norm, train_sampling_strategy='group_by_length',
-                                 bf16=resolve_precision(T.mixed_precision, device) == 'bf16', use_cpu=device == 'cpu',
-                                 report_to=[], logging_strategy='no', save_strategy='no', seed=p.seed, disable_tqdm=True,
-                                 dataloader_num_workers=0)
-        with quiet_hf():
-            trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=make_collator(tok), callbacks=[clock])
-            trainer.remove_callback(PrinterCallback)                  # no metrics dict on stdout (`--json` prints only JSON)
-            trainer.train()
+    with tempfile.TemporaryDirectory() as td, quiet_hf():
+        trainer = Trainer(model=model, args=_trainer_args(p, td, steps, device), train_dataset=data,
+                          data_collator=make_collator(tok), callbacks=[clock])
+        trainer.remove_callback(PrinterCallback)          # no metrics dict on stdout (`--json` prints only JSON)
+        trainer.train()
     n = steps * T.effective_batch_size
     tokens = n * float(np.mean([len(e['input_ids']) for e in enc]))
-    return {'pairs_per_s': n / clock.seconds, 'tokens_per_s': tokens / clock.seconds, 'ms_per_pair': 1000 * clock.seconds / n,
-            'seconds': clock.seconds, 'pairs': n, 'tokens_estimated': True}
+    return {'pairs_per_s': n / clock.seconds, 'tokens_per_s': tokens / clock.seconds,
+            'ms_per_pair': 1000 * clock.seconds / n, 'seconds': clock.seconds, 'pairs': n, 'tokens_estimated': True}
+
+# %% ../nbs/10_bench.ipynb #7d609a52
+def bench_sample(p, pairs:pd.DataFrame, n_pairs:int, longest:bool=False) -> pd.DataFrame:
+    "About `n_pairs` pairs: at random, or (`longest`) all pairs of the longest posts; whole posts for a multi head."
+    if longest:   # the longest posts, all their pairs: where a long shared prompt start matters most
+        per_post = max(1, pairs.criterion_id.nunique())
+        ranked = (pairs.drop_duplicates('post_id').assign(n=lambda d: d.text.str.len())
+                  .sort_values(['n', 'post_id'], ascending=[False, True]))
+        sub = pairs[pairs.post_id.isin(set(ranked.post_id.iloc[:max(1, n_pairs // per_post)]))].reset_index(drop=True)
+    else: sub = pairs.sample(n=min(n_pairs, len(pairs)), random_state=p.seed).reset_index(drop=True)
+    if p.model.head == 'multi': sub = pairs[pairs.post_id.isin(set(sub.post_id))].reset_index(drop=True)
+    return sub
+
+# %% ../nbs/10_bench.ipynb #dc4937b3
+def _train_facts(p, precision:str, sub:pd.DataFrame, task) -> dict:
+    "What a training bench ran: model, lengths, precision, batch sizes, pairs, units, threads."
+    return {'backbone': p.model.backbone, 'peft': p.model.peft, 'head': p.model.head, 'top_layers': p.model.top_layers,
+            'max_length': p.prompt.max_length, 'precision': precision, 'batch_size': p.train.batch_size,
+            'effective_batch_size': p.train.effective_batch_size, 'pairs': len(sub), 'units': len(task),
+            'mean_tokens_per_unit': float(np.mean(task.lengths)), 'threads': torch.get_num_threads()}
+
+def _shared_row(p, model, tok, sub:pd.DataFrame, criteria:pd.DataFrame, task, steps:int, precision:str, note):
+    "The `ours_shared` row: the same pairs, each post's prompt start once (None where the model can't share it)."
+    if p.model.head != 'pair' or not shares_prefix(p, model, note=note): return None
+    shared = make_task(p, model, tok, sub, criteria, shared=True)
+    return with_rss(_time_steps, model, shared, p, max(1, steps * len(shared) // max(1, len(task))), precision)
 
 # %% ../nbs/10_bench.ipynb #209afb22
 def bench_train(p,                  # resolved params
@@ -102,58 +183,57 @@ def bench_train(p,                  # resolved params
                 criteria:pd.DataFrame|None=None,
                 longest:bool=False, # every pair of the longest posts instead of pairs drawn at random
                ) -> dict:
-    "Training throughput of the HF Trainer and of our loop on the same pairs, side by side (see above)."
+    "Training throughput and peak memory of the HF Trainer and of our loop on the same pairs, side by side (see above)."
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if p.train.threads: torch.set_num_threads(p.train.threads)
-    if longest:   # the longest posts, all their pairs: where a long shared prompt start matters most
-        per_post = max(1, pairs.criterion_id.nunique())
-        ranked = (pairs.drop_duplicates('post_id').assign(n=lambda d: d.text.str.len())
-                  .sort_values(['n', 'post_id'], ascending=[False, True]))
-        sub = pairs[pairs.post_id.isin(set(ranked.post_id.iloc[:max(1, n_pairs // per_post)]))].reset_index(drop=True)
-    else: sub = pairs.sample(n=min(n_pairs, len(pairs)), random_state=p.seed).reset_index(drop=True)
-    if p.model.head == 'multi': sub = pairs[pairs.post_id.isin(set(sub.post_id))].reset_index(drop=True)
+    sub = bench_sample(p, pairs, n_pairs, longest)
     criteria = pairs_criteria(pairs) if criteria is None else criteria
     seed_everything(p.seed, p.train.deterministic)
     model, tok = build_model(p, device, n_criteria=len(criteria))
     precision = resolve_precision(p.train.mixed_precision, device_of(model))
     task = make_task(p, model, tok, sub, criteria)
-    out = {'backbone': p.model.backbone, 'peft': p.model.peft, 'head': p.model.head, 'top_layers': p.model.top_layers,
-           'max_length': p.prompt.max_length, 'precision': precision, 'batch_size': p.train.batch_size,
-           'effective_batch_size': p.train.effective_batch_size, 'pairs': len(sub), 'units': len(task),
-           'mean_tokens_per_unit': float(np.mean(task.lengths)), 'threads': torch.get_num_threads()}
-    if 'hf_trainer' in rows and p.model.head == 'pair': out['hf_trainer'] = trainer_anchor(p, sub, steps, device)
-    if 'ours' in rows: out['ours'] = _time_steps(model, task, p, steps, precision)
-    if 'ours_padded' in rows: out['ours_padded'] = _time_steps(model, task, p, steps, precision, pad_to=p.prompt.max_length)
-    if 'ours_shared' in rows and p.model.head == 'pair' and shares_prefix(p, model, note=lambda m: out.setdefault('notes', []).append(m)):
-        shared = make_task(p, model, tok, sub, criteria, shared=True)
-        out['ours_shared'] = _time_steps(model, shared, p, max(1, steps * len(shared) // max(1, len(task))), precision)
-        out['ours_shared']['vs_ours'] = out['ours_shared']['pairs_per_s'] / out['ours']['pairs_per_s']
+    out = _train_facts(p, precision, sub, task)
+    if 'hf_trainer' in rows and p.model.head == 'pair':
+        out['hf_trainer'] = with_rss(trainer_anchor, p, sub, steps, device)
+    if 'ours' in rows: out['ours'] = with_rss(_time_steps, model, task, p, steps, precision)
+    if 'ours_padded' in rows:
+        out['ours_padded'] = with_rss(_time_steps, model, task, p, steps, precision, pad_to=p.prompt.max_length)
+    note = lambda m: out.setdefault('notes', []).append(m)
+    if 'ours_shared' in rows and (row := _shared_row(p, model, tok, sub, criteria, task, steps, precision, note)):
+        out['ours_shared'] = {**row, 'vs_ours': row['pairs_per_s'] / out['ours']['pairs_per_s']}
     k = frozen_layers(p, model)
     if 'ours_cached' in rows and k and p.train.cache_frozen:
         t = time.perf_counter(); task.cache(model, k, p.train.eval_batch_size, p.train.cache_max_gb)
         out['cache_s'] = time.perf_counter() - t
-        out['ours_cached'] = _time_steps(model, task, p, steps, precision)
+        out['ours_cached'] = with_rss(_time_steps, model, task, p, steps, precision)
     base = out.get('hf_trainer')
     for r in rows:
-        if r in out and base and r != 'hf_trainer': out[r]['vs_hf_trainer'] = out[r]['pairs_per_s'] / base['pairs_per_s']
+        if r in out and base and r != 'hf_trainer':
+            out[r]['vs_hf_trainer'] = out[r]['pairs_per_s'] / base['pairs_per_s']
     return out
 
+# %% ../nbs/10_bench.ipynb #a7f1a077
 def _pct(v): return '–' if v is None else f'{v:.0%}'
 def _times(v): return '–' if v is None else f'{v:.2f}x'
+def _gb(v): return '–' if v is None else f'{v:.2f}'
 
+# %% ../nbs/10_bench.ipynb #e95d0d60
 def format_bench_train(b:dict) -> str:
-    "The training bench as a small table."
-    lines = [f"{b['backbone']} + {b['peft']} ({b['head']} head, top_layers {b['top_layers']}), {b['pairs']} pairs in {b['units']} "
-             f"units of {b['mean_tokens_per_unit']:.0f} tokens, batch {b['batch_size']}/{b['effective_batch_size']}, "
-             f"{b['precision']}, {b['threads']} threads",
-             f"{'row':<14}{'pairs/s':>9}{'tokens/s':>10}{'ms/pair':>9}{'pad':>6}{'vs Trainer':>11}"]
+    "The training bench as a small table (peak RSS while each row ran, and RSS at its start, in GB)."
+    lines = [f"{b['backbone']} + {b['peft']} ({b['head']} head, top_layers {b['top_layers']}), {b['pairs']} pairs in "
+             f"{b['units']} units of {b['mean_tokens_per_unit']:.0f} tokens, batch {b['batch_size']}/"
+             f"{b['effective_batch_size']}, {b['precision']}, {b['threads']} threads",
+             f"{'row':<14}{'pairs/s':>9}{'tokens/s':>10}{'ms/pair':>9}{'pad':>6}{'vs Trainer':>11}"
+             f"{'peak GB':>9}{'start GB':>10}"]
     for r in ('hf_trainer', 'ours', 'ours_padded', 'ours_cached', 'ours_shared'):
         if r not in b: continue
         x = b[r]
         lines.append(f"{r:<14}{x['pairs_per_s']:>9.1f}{x['tokens_per_s']:>10.0f}{x['ms_per_pair']:>9.1f}"
-                     f"{_pct(x.get('pad_fraction')):>6}{_times(x.get('vs_hf_trainer', x.get('vs_ours'))):>11}")
+                     f"{_pct(x.get('pad_fraction')):>6}{_times(x.get('vs_hf_trainer', x.get('vs_ours'))):>11}"
+                     f"{_gb(x.get('peak_rss_gb')):>9}{_gb(x.get('start_rss_gb')):>10}")
     if 'cache_s' in b: lines.append(f"(frozen-layer cache built once in {b['cache_s']:.1f} s)")
-    if 'ours_shared' in b: lines.append("(ours_shared: each post's prompt start once for all its criteria; its ratio is against `ours`)")
+    if 'ours_shared' in b:
+        lines.append("(ours_shared: each post's prompt start once for all its criteria; its ratio is against `ours`)")
     lines += [f"note: {n}" for n in b.get('notes', [])]
     return '\n'.join(lines)
 
@@ -172,6 +252,7 @@ def _halves(post_ids) -> np.ndarray:
     "A fixed split of posts in two halves (by a hash of the post id): 0 or 1 per row."
     return np.array([int(hashlib.sha1(str(x).encode()).hexdigest(), 16) % 2 for x in post_ids])
 
+# %% ../nbs/10_bench.ipynb #f08837ea
 def crossfit_f1(pred:pd.DataFrame, per_criterion:bool=False, metric:str='f1', step:float=0.01) -> float:
     "F1 (or `metric`) of `pred` at thresholds tuned on the other half of each fold's posts (global or per criterion)."
     pred = pred.assign(half=_halves(pred.post_id)); out = []
@@ -194,6 +275,7 @@ def recipe_row(name:str, pred:pd.DataFrame, seconds:float, select:str='f1') -> d
     if 'best_epoch' in pred: row['mean_best_epoch'] = float(pred.groupby('fold').best_epoch.first().mean())
     return {**row, 'seconds': seconds}
 
+# %% ../nbs/10_bench.ipynb #73a72003
 def baseline_dev(table, doc:dict, step:float=0.01, metric:str='f1') -> pd.DataFrame:
     "The TF-IDF baseline's dev predictions on every fold (trained on train, as the model is)."
     folds = [{**f, 'test': f['dev']} for f in doc['folds']]
@@ -206,7 +288,8 @@ def demo_posts(data=None) -> pd.DataFrame:
                                        Path(criteria_cls.__file__).resolve().parents[1] / 'data' / 'redsm5_demo']
     found = next((c for c in cands if (c / 'redsm5_posts.csv').exists()), None)
     if found is None:
-        raise InputError(f"no demo posts (redsm5_posts.csv) in {', '.join(map(str, cands))}; run from the project root or pass data=")
+        raise InputError(f"no demo posts (redsm5_posts.csv) in {', '.join(map(str, cands))}; "
+                         f"run from the project root or pass data=")
     return pd.read_csv(found / 'redsm5_posts.csv', dtype=str)
 
 # %% ../nbs/10_bench.ipynb #5e270521
@@ -217,12 +300,13 @@ def bench_pairs(pred:Predictor, n:int=200, seed:int=0, data=None) -> pd.DataFram
     longest = max(known.values(), key=lambda c: len(enc.tok(c, add_special_tokens=False)['input_ids']))
     lens = [sum(map(len, enc.segments([x], [longest])[0])) for x in posts.text]
     posts = posts[np.array(lens) <= enc.max_length].reset_index(drop=True)
-    pairs = pd.DataFrame([(r.post_id, r.text, c) for r in posts.itertuples() for c in known], columns=['post_id', 'post', 'criterion_id'])
+    pairs = pd.DataFrame([(r.post_id, r.text, c) for r in posts.itertuples() for c in known],
+                         columns=['post_id', 'post', 'criterion_id'])
     return pairs.sample(min(n, len(pairs)), random_state=seed).reset_index(drop=True)
 
-# %% ../nbs/10_bench.ipynb #1249958c
+# %% ../nbs/10_bench.ipynb #ef3f185d
 def _screen_times(pred:Predictor, texts:list) -> dict:
-    "Screen time per post; with prefix reuse, also nine separate passes and one padded batch, and the largest difference."
+    "Screen time per post; with prefix reuse, also nine separate passes and one padded batch, and their largest gap."
     reuse = all(s.can_reuse for s in pred.scorers)
     pred.screen(texts[0])
     t_screen, t_sep, t_batch, diffs = [], [], [], []
@@ -243,34 +327,44 @@ def _screen_times(pred:Predictor, texts:list) -> dict:
                    max_abs_prob_diff=float(max(diffs)))
     return out
 
-def bench(pred:Predictor, n:int=200, posts:int=10, batch_size:int|None=None, seed:int=0, log=print) -> dict:
-    "Latency p50/p95/p99 (ms), throughput (pairs/s), screen time per post; prefix-reuse speedup where it applies."
-    pairs = bench_pairs(pred, n, seed)
-    bs = batch_size or pred.p.train.eval_batch_size
-    for i in range(3): pred.predict(pairs.iloc[[i % len(pairs)]])
-    lat = []
-    for i in range(len(pairs)):
-        t0 = time.perf_counter(); pred.predict(pairs.iloc[[i]]); lat.append(1000 * (time.perf_counter() - t0))
-    t0 = time.perf_counter(); pred.predict(pairs, batch_size=bs); dt = time.perf_counter() - t0
-    texts = pairs.drop_duplicates('post_id').post.tolist()[:posts]
-    out = {'model': pred.source, 'backbone': pred.meta.get('backbone'), 'threads': torch.get_num_threads(), 'pairs': len(pairs),
-           'latency_ms': {q: round(float(np.percentile(lat, int(q[1:]))), 2) for q in ('p50', 'p95', 'p99')},
-           'throughput_pairs_s': round(len(pairs) / dt, 1), 'batch_size': bs, 'posts': len(texts),
-           'criteria': len(pred.criteria), **_screen_times(pred, texts)}
-    log(format_bench(out))
-    return out
-
+# %% ../nbs/10_bench.ipynb #551d9e6b
 def format_bench(b:dict) -> str:
     "The bench results as a few readable lines."
     lat = b['latency_ms']
     s = [f"{b['model']} ({b['backbone']}, {b['threads']} threads, {b['pairs']} demo pairs)",
          f"single pair latency: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms",
          f"batch throughput: {b['throughput_pairs_s']:.1f} pairs/s (batch size {b['batch_size']})",
-         f"screen (one post, {b['criteria']} criteria): {b['screen_ms_per_post']:.1f} ms per post over {b['posts']} posts"]
+         f"screen (one post, {b['criteria']} criteria): {b['screen_ms_per_post']:.1f} ms per post over "
+         f"{b['posts']} posts"]
     if b.get('screen_prefix_reuse'):
-        s.append(f"  prefix reuse: {b['speedup_vs_separate_passes']:.2f}x faster than {b['criteria']} separate passes "
-                 f"({b['screen_separate_passes_ms_per_post']:.1f} ms), {b['speedup_vs_one_batch']:.2f}x faster than one "
-                 f"padded batch ({b['screen_one_batch_ms_per_post']:.1f} ms); max abs probability difference "
+        s.append(f"  prefix reuse: {b['speedup_vs_separate_passes']:.2f}x faster than {b['criteria']} separate "
+                 f"passes ({b['screen_separate_passes_ms_per_post']:.1f} ms), {b['speedup_vs_one_batch']:.2f}x faster "
+                 f"than one padded batch ({b['screen_one_batch_ms_per_post']:.1f} ms); max abs probability difference "
                  f"{b['max_abs_prob_diff']:.2e}")
     else: s.append('  prefix reuse: not applicable (encoder model, or criterion before post in the template)')
+    if 'peak_rss_gb' in b:
+        s.append(f"memory: peak RSS {_gb(b['peak_rss_gb'])} GB ({_gb(b['start_rss_gb'])} GB at start)")
     return '\n'.join(s)
+
+# %% ../nbs/10_bench.ipynb #1249958c
+def _latency(pred:Predictor, pairs:pd.DataFrame, bs:int, posts:int) -> dict:
+    "Single-pair latency percentiles (ms), batch throughput (pairs/s) and screen times of `pred` on `pairs`."
+    for i in range(3): pred.predict(pairs.iloc[[i % len(pairs)]])
+    lat = []
+    for i in range(len(pairs)):
+        t0 = time.perf_counter(); pred.predict(pairs.iloc[[i]]); lat.append(1000 * (time.perf_counter() - t0))
+    t0 = time.perf_counter(); pred.predict(pairs, batch_size=bs); dt = time.perf_counter() - t0
+    texts = pairs.drop_duplicates('post_id').post.tolist()[:posts]
+    return {'latency_ms': {q: round(float(np.percentile(lat, int(q[1:]))), 2) for q in ('p50', 'p95', 'p99')},
+            'throughput_pairs_s': round(len(pairs) / dt, 1), 'batch_size': bs, 'posts': len(texts),
+            'criteria': len(pred.criteria), **_screen_times(pred, texts)}
+
+# %% ../nbs/10_bench.ipynb #86d50a77
+def bench(pred:Predictor, n:int=200, posts:int=10, batch_size:int|None=None, seed:int=0, log=print) -> dict:
+    "Latency p50/p95/p99 (ms), throughput (pairs/s), screen time per post, peak RSS; prefix-reuse speedup if any."
+    pairs = bench_pairs(pred, n, seed)
+    bs = batch_size or pred.p.train.eval_batch_size
+    out = {'model': pred.source, 'backbone': pred.meta.get('backbone'), 'threads': torch.get_num_threads(),
+           'pairs': len(pairs), **with_rss(_latency, pred, pairs, bs, posts)}
+    log(format_bench(out))
+    return out

@@ -8,6 +8,7 @@ import csv, json, math, os, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, torch
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 from .config import InputError
@@ -15,8 +16,8 @@ from .prompt import CRITERION_COLUMN, PostEncoder, PromptEncoder
 from .model import cache_kwarg, device_of, load_fold_model, resolve_precision, score, to_proba
 
 # %% auto #0
-__all__ = ['POST_COLUMNS', 'TEXT_COLUMNS', 'criterion_texts', 'row_problem', 'normalize_pairs', 'common_prefix_len', 'FoldScorer',
-           'merged', 'load_folder', 'Predictor', 'iter_rows', 'predict_file']
+__all__ = ['POST_COLUMNS', 'TEXT_COLUMNS', 'criterion_texts', 'row_problem', 'normalize_pairs', 'FoldScorer', 'common_prefix_len',
+           'suffix_batch', 'merged', 'load_folder', 'Predictor', 'iter_rows', 'predict_file']
 
 # %% ../nbs/08_infer.ipynb #b7c35e3f
 def criterion_texts(criteria:pd.DataFrame, criterion_text:str='description') -> dict:
@@ -33,18 +34,21 @@ def _first(row:dict, names):
         if v is not None and not (isinstance(v, float) and math.isnan(v)) and str(v).strip(): return str(v)
     return None
 
-def row_problem(row:dict, known:dict, texts:bool=True) -> str|None:
-    "What is wrong with one input row (None when it can be scored); `texts`: whether the model scores any criterion text."
+def row_problem(row:dict, known:dict,
+                texts:bool=True, # whether the model scores any criterion text (a pair head)
+               ) -> str|None:
+    "What is wrong with one input row (None when it can be scored)."
     if not isinstance(row, dict): return f"expected an object with post and criterion_id, found {type(row).__name__}"
     if _first(row, POST_COLUMNS) is None: return "missing or empty 'post'"
     cid, text = _first(row, ('criterion_id',)), _first(row, TEXT_COLUMNS)
     if cid is None and text is None: return "missing 'criterion_id' (or 'criterion' text)"
     if not texts and text is not None and (cid is None or known.get(cid.strip()) != text):
-        return (f"criterion text given{f' for {cid!r}' if cid else ''}, but this model (one output per criterion) scores only "
+        given = f' for {cid!r}' if cid else ''
+        return (f"criterion text given{given}, but this model (one output per criterion) scores only "
                 f"the criteria it was trained with: {', '.join(known)}")
     if (text is None or not texts) and cid.strip() not in known:
-        return f"unknown criterion_id '{cid}' (the model knows {', '.join(known)}" + ("; or give the criterion text in "
-                                                                                   "'criterion')" if texts else ')')
+        hint = "; or give the criterion text in 'criterion')" if texts else ')'
+        return f"unknown criterion_id '{cid}' (the model knows {', '.join(known)}" + hint
     return None
 
 # %% ../nbs/08_infer.ipynb #7abb255a
@@ -65,16 +69,6 @@ def normalize_pairs(pairs, known:dict, lines=None, where:str='input', texts:bool
     if rows and 'post_id' in rows[0]: out.insert(0, 'post_id', [r.get('post_id') for r in rows])
     return out
 
-# %% ../nbs/08_infer.ipynb #6d0d870c
-def common_prefix_len(seqs:list) -> int:
-    "Length of the longest common prefix of token id lists, leaving at least one token in each."
-    if not seqs: return 0
-    n = min(len(s) for s in seqs) - 1
-    first = seqs[0]
-    for i in range(max(n, 0)):
-        if any(s[i] != first[i] for s in seqs[1:]): return i
-    return max(n, 0)
-
 # %% ../nbs/08_infer.ipynb #c92a4a3c
 class FoldScorer:
     "One fold model with its tokenizer, prompt encoder, threshold and criteria."
@@ -85,7 +79,8 @@ class FoldScorer:
         self.encoder = PromptEncoder.from_params(tokenizer, p)
         self.posts = PostEncoder.from_params(tokenizer, p)
         self.multi = getattr(model, 'kind', 'pair') == 'multi'
-        if self.multi and criteria is None: raise InputError('a multi-criterion model needs its criteria (criteria.yaml)')
+        if self.multi and criteria is None:
+            raise InputError('a multi-criterion model needs its criteria (criteria.yaml)')
         self.col = {c: j for j, c in enumerate(criteria.criterion_id)} if criteria is not None else {}
         self.crit_seqs = (self.posts.encode_texts(criteria.description.tolist(), p.prompt.sentence_max_length)
                           if self.multi and model.similarity else None)
@@ -97,44 +92,79 @@ class FoldScorer:
     @property
     def can_reuse(self) -> bool:
         "Whether `screen_proba` can reuse the post's cached keys/values (decoder, pair head, post before criterion)."
-        return (self.cache_kw is not None and not self.multi and self.encoder.post_first and not self.encoder.pair_form
-                and self.pad_id is not None and getattr(self.model, 'pooling', 'last') == 'last')
+        return (self.cache_kw is not None and not self.multi and self.encoder.post_first
+                and not self.encoder.pair_form and self.pad_id is not None
+                and getattr(self.model, 'pooling', 'last') == 'last')
 
-    def proba(self, posts:list, criteria:list, batch_size:int=32, ids:list|None=None) -> np.ndarray:
-        "Probabilities for (post, criterion) pairs: by criterion text (pair head), or by criterion id (`ids`, multi head)."
-        if self.multi: return self.proba_ids(posts, ids, batch_size)
-        return score(self.model, self.tok, self.encoder.encode_many(list(posts), list(criteria)), batch_size, self.precision)
+# %% ../nbs/08_infer.ipynb #0a60e3cc
+@patch
+def proba(self:FoldScorer, posts:list, criteria:list, batch_size:int=32, ids:list|None=None) -> np.ndarray:
+    "Probabilities for (post, criterion) pairs: by criterion text (pair head), or by criterion id (`ids`, multi head)."
+    if self.multi: return self.proba_ids(posts, ids, batch_size)
+    return score(self.model, self.tok, self.encoder.encode_many(list(posts), list(criteria)), batch_size,
+                 self.precision)
 
-    def proba_ids(self, posts:list, ids:list, batch_size:int=32) -> np.ndarray:
-        "A multi head's probabilities for (post, criterion id) pairs: one pass per distinct post."
-        unknown = sorted({c for c in ids if c not in self.col})
-        if unknown: raise InputError(f"criterion {', '.join(unknown)} is not one the model was trained on ({', '.join(self.col)})")
-        uniq = list(dict.fromkeys(posts))
-        P = score(self.model, self.tok, self.posts.encode_posts(uniq), batch_size, self.precision, self.crit_seqs).reshape(len(uniq), -1)
-        row = {x: i for i, x in enumerate(uniq)}
-        return P[[row[x] for x in posts], [self.col[c] for c in ids]]
+# %% ../nbs/08_infer.ipynb #57b8b5dc
+@patch
+def proba_ids(self:FoldScorer, posts:list, ids:list, batch_size:int=32) -> np.ndarray:
+    "A multi head's probabilities for (post, criterion id) pairs: one pass per distinct post."
+    unknown = sorted({c for c in ids if c not in self.col})
+    if unknown:
+        raise InputError(f"criterion {', '.join(unknown)} is not one the model was trained on ({', '.join(self.col)})")
+    uniq = list(dict.fromkeys(posts))
+    P = score(self.model, self.tok, self.posts.encode_posts(uniq), batch_size, self.precision,
+              self.crit_seqs).reshape(len(uniq), -1)
+    row = {x: i for i, x in enumerate(uniq)}
+    return P[[row[x] for x in posts], [self.col[c] for c in ids]]
 
-    def screen_proba(self, post:str, criteria:list, reuse:bool|None=None, ids:list|None=None) -> np.ndarray:
-        "Probabilities of one post against each criterion; `reuse` the post's cached keys/values where possible."
-        if self.multi: return self.proba_ids([post] * len(ids), ids, 1)
-        reuse = self.can_reuse if reuse is None else reuse
-        if not reuse or len(criteria) < 2: return self.proba([post] * len(criteria), criteria, batch_size=max(1, len(criteria)))
-        if not self.can_reuse: raise InputError("prefix reuse needs a decoder model and a template with {post} before {criterion}")
-        ids = [e['input_ids'] for e in self.encoder.encode_many([post] * len(criteria), list(criteria))]
-        L, dev = common_prefix_len(ids), device_of(self.model)
-        rest = [s[L:] for s in ids]
-        S, n = max(map(len, rest)), len(rest)
-        x = torch.full((n, S), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, L + S), dtype=torch.long); mask[:, :L] = 1
-        for i, r in enumerate(rest): x[i, :len(r)] = torch.tensor(r); mask[i, L:L+len(r)] = 1
-        with torch.inference_mode():
-            cache = DynamicCache()
-            self.model(input_ids=torch.tensor([ids[0][:L]], device=dev), use_cache=True, **{self.cache_kw: cache})
-            cache.batch_repeat_interleave(n)
-            pos = torch.arange(L, L + S, device=dev).unsqueeze(0).expand(n, -1)
-            logits = self.model(input_ids=x.to(dev), attention_mask=mask.to(dev), position_ids=pos, use_cache=True,
-                                **{self.cache_kw: cache}).logits
-        return to_proba(logits).cpu().numpy().astype(np.float64)
+# %% ../nbs/08_infer.ipynb #6d0d870c
+def common_prefix_len(seqs:list) -> int:
+    "Length of the longest common prefix of token id lists, leaving at least one token in each."
+    if not seqs: return 0
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for i in range(max(n, 0)):
+        if any(s[i] != first[i] for s in seqs[1:]): return i
+    return max(n, 0)
+
+# %% ../nbs/08_infer.ipynb #07163a56
+def suffix_batch(rest:list,   # token ids after the shared prefix, one list per sequence
+                 L:int,       # length of the shared prefix
+                 pad_id:int) -> tuple:
+    "`(input ids, attention mask)`: the suffixes as one right-padded batch, the mask covering the prefix too."
+    S, n = max(map(len, rest)), len(rest)
+    x = torch.full((n, S), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, L + S), dtype=torch.long); mask[:, :L] = 1
+    for i, r in enumerate(rest): x[i, :len(r)] = torch.tensor(r); mask[i, L:L+len(r)] = 1
+    return x, mask
+
+# %% ../nbs/08_infer.ipynb #19b4ca3d
+@patch
+def prefix_logits(self:FoldScorer, ids:list) -> torch.Tensor:
+    "Logits of token id lists: their longest common prefix run once, its cache repeated for the rest of each."
+    L, dev = common_prefix_len(ids), device_of(self.model)
+    x, mask = suffix_batch([s[L:] for s in ids], L, self.pad_id)
+    n, S = x.shape
+    with torch.inference_mode():
+        cache = DynamicCache()
+        self.model(input_ids=torch.tensor([ids[0][:L]], device=dev), use_cache=True, **{self.cache_kw: cache})
+        cache.batch_repeat_interleave(n)
+        pos = torch.arange(L, L + S, device=dev).unsqueeze(0).expand(n, -1)
+        return self.model(input_ids=x.to(dev), attention_mask=mask.to(dev), position_ids=pos, use_cache=True,
+                          **{self.cache_kw: cache}).logits
+
+# %% ../nbs/08_infer.ipynb #5cb33a8e
+@patch
+def screen_proba(self:FoldScorer, post:str, criteria:list, reuse:bool|None=None, ids:list|None=None) -> np.ndarray:
+    "Probabilities of one post against each criterion; `reuse` the post's cached keys/values where possible."
+    if self.multi: return self.proba_ids([post] * len(ids), ids, 1)
+    reuse = self.can_reuse if reuse is None else reuse
+    if not reuse or len(criteria) < 2:
+        return self.proba([post] * len(criteria), criteria, batch_size=max(1, len(criteria)))
+    if not self.can_reuse:
+        raise InputError("prefix reuse needs a decoder model and a template with {post} before {criterion}")
+    seqs = [e['input_ids'] for e in self.encoder.encode_many([post] * len(criteria), list(criteria))]
+    return to_proba(self.prefix_logits(seqs)).cpu().numpy().astype(np.float64)
 
 # %% ../nbs/08_infer.ipynb #c2b76d02
 def merged(model):
@@ -144,6 +174,7 @@ def merged(model):
         return model
     return model.merge_and_unload().eval()
 
+# %% ../nbs/08_infer.ipynb #b56ca100
 def load_folder(folder, merge:bool=True) -> FoldScorer:
     "A `FoldScorer` from a fold model folder (adapter merged into the weights unless `merge=False`)."
     folder = Path(folder)
@@ -175,46 +206,55 @@ class Predictor:
         "Whether the model answers only its own criteria (a multi-criterion head)."
         return any(s.multi for s in self.scorers)
 
-    @classmethod
-    def from_scorers(cls, scorers:list, threshold:float|None=None, source:str='', meta:dict|None=None) -> 'Predictor':
-        "A predictor over loaded fold scorers (threshold: the fold's own, or the median over folds)."
-        if not scorers: raise InputError('no model folders given')
-        thr = float(np.median([s.threshold for s in scorers])) if threshold is None else float(threshold)
-        p = scorers[0].p
-        meta = {'backbone': p.model.backbone, 'peft': p.model.peft, 'members': len(scorers), **(meta or {})}
-        return cls(scorers, thr, scorers[0].criteria, source, meta)
-
-    @classmethod
-    def from_folders(cls, folders, threshold:float|None=None, source:str='', meta:dict|None=None) -> 'Predictor':
-        "A predictor over fold model folders."
-        return cls.from_scorers([load_folder(f) for f in folders], threshold, source or str(folders[0]), meta)
-
-    def predict(self, pairs,                   # DataFrame or list of dicts: post, criterion_id and/or criterion
-                batch_size:int|None=None,      # pairs per forward pass (default: train.eval_batch_size)
-                lines=None, where:str='input', # line numbers and a name for error messages
-               ) -> pd.DataFrame:
-        "Probability, label and threshold for each pair (rows in input order)."
-        df = normalize_pairs(pairs, self.known, lines, where, texts=not self.multi)
-        bs = batch_size or self.p.train.eval_batch_size
-        if len(df):
-            prob = np.mean([s.proba(df.post.tolist(), df.criterion.tolist(), bs, df.criterion_id.tolist()) for s in self.scorers], axis=0)
-        else: prob = np.array([])
-        out = df.drop(columns=['post', 'criterion']).assign(probability=prob, label=(prob >= self.threshold).astype(int),
-                                                            threshold=self.threshold)
-        return out.reset_index(drop=True)
-
-    def screen(self, post:str, reuse:bool|None=None) -> pd.DataFrame:
-        "Every criterion the model knows, scored against one post: probability, label, threshold."
-        if not isinstance(post, str) or not post.strip(): raise InputError("screen needs a non-empty post")
-        known = self.known
-        prob = np.mean([s.screen_proba(post, list(known.values()), reuse, list(known)) for s in self.scorers], axis=0)
-        names = self.criteria.set_index('criterion_id').loc[list(known), 'name'].tolist()
-        return pd.DataFrame({'criterion_id': list(known), 'name': names, 'probability': prob,
-                             'label': (prob >= self.threshold).astype(int), 'threshold': self.threshold})
-
     def __repr__(self):
-        return (f"Predictor({self.meta.get('backbone')} + {self.meta.get('peft')}, {len(self.scorers)} fold model(s), "
-                f"threshold {self.threshold:.2f}, {len(self.criteria)} criteria; {self.source})")
+        return (f"Predictor({self.meta.get('backbone')} + {self.meta.get('peft')}, {len(self.scorers)} fold "
+                f"model(s), threshold {self.threshold:.2f}, {len(self.criteria)} criteria; {self.source})")
+
+# %% ../nbs/08_infer.ipynb #b2a939a3
+@patch(cls_method=True)
+def from_scorers(cls:Predictor, scorers:list, threshold:float|None=None, source:str='', meta:dict|None=None
+                ) -> Predictor:
+    "A predictor over loaded fold scorers (threshold: the fold's own, or the median over folds)."
+    if not scorers: raise InputError('no model folders given')
+    thr = float(np.median([s.threshold for s in scorers])) if threshold is None else float(threshold)
+    p = scorers[0].p
+    meta = {'backbone': p.model.backbone, 'peft': p.model.peft, 'members': len(scorers), **(meta or {})}
+    return cls(scorers, thr, scorers[0].criteria, source, meta)
+
+# %% ../nbs/08_infer.ipynb #e92e9efb
+@patch(cls_method=True)
+def from_folders(cls:Predictor, folders, threshold:float|None=None, source:str='', meta:dict|None=None
+                ) -> Predictor:
+    "A predictor over fold model folders."
+    return cls.from_scorers([load_folder(f) for f in folders], threshold, source or str(folders[0]), meta)
+
+# %% ../nbs/08_infer.ipynb #b6a4485a
+@patch
+def predict(self:Predictor, pairs,        # DataFrame or list of dicts: post, criterion_id and/or criterion
+            batch_size:int|None=None,      # pairs per forward pass (default: train.eval_batch_size)
+            lines=None, where:str='input', # line numbers and a name for error messages
+           ) -> pd.DataFrame:
+    "Probability, label and threshold for each pair (rows in input order)."
+    df = normalize_pairs(pairs, self.known, lines, where, texts=not self.multi)
+    bs = batch_size or self.p.train.eval_batch_size
+    if len(df):
+        prob = np.mean([s.proba(df.post.tolist(), df.criterion.tolist(), bs, df.criterion_id.tolist())
+                        for s in self.scorers], axis=0)
+    else: prob = np.array([])
+    out = df.drop(columns=['post', 'criterion']).assign(probability=prob, label=(prob >= self.threshold).astype(int),
+                                                        threshold=self.threshold)
+    return out.reset_index(drop=True)
+
+# %% ../nbs/08_infer.ipynb #4e012aa3
+@patch
+def screen(self:Predictor, post:str, reuse:bool|None=None) -> pd.DataFrame:
+    "Every criterion the model knows, scored against one post: probability, label, threshold."
+    if not isinstance(post, str) or not post.strip(): raise InputError("screen needs a non-empty post")
+    known = self.known
+    prob = np.mean([s.screen_proba(post, list(known.values()), reuse, list(known)) for s in self.scorers], axis=0)
+    names = self.criteria.set_index('criterion_id').loc[list(known), 'name'].tolist()
+    return pd.DataFrame({'criterion_id': list(known), 'name': names, 'probability': prob,
+                         'label': (prob >= self.threshold).astype(int), 'threshold': self.threshold})
 
 # %% ../nbs/08_infer.ipynb #9f97d27e
 def _csv_rows(fh, path:Path):
@@ -230,6 +270,7 @@ def _csv_rows(fh, path:Path):
         if len(rec) != len(header): yield ln, f"expected {len(header)} fields ({', '.join(header)}), found {len(rec)}"
         else: yield ln, dict(zip(header, rec))
 
+# %% ../nbs/08_infer.ipynb #c7b20154
 def _jsonl_rows(fh):
     "`(line, row dict or error)` for each line of an open JSON-lines file."
     for ln, line in enumerate(fh, 1):
@@ -238,16 +279,19 @@ def _jsonl_rows(fh):
         except json.JSONDecodeError as e: yield ln, f"not valid JSON (column {e.colno}: {e.msg})"; continue
         yield ln, obj if isinstance(obj, dict) else f"expected a JSON object, found {type(obj).__name__}"
 
+# %% ../nbs/08_infer.ipynb #13d2236a
 def iter_rows(path):
     "`(line number, row dict or error message)` for each record of a `.jsonl` or `.csv` file, streaming."
     path = Path(path)
     if not path.exists(): raise InputError(f"{path}: input file not found")
     suf = path.suffix.lower()
-    if suf not in ('.jsonl', '.ndjson', '.csv'): raise InputError(f"{path}: input must be .jsonl or .csv (one pair per line/record)")
+    if suf not in ('.jsonl', '.ndjson', '.csv'):
+        raise InputError(f"{path}: input must be .jsonl or .csv (one pair per line/record)")
     try:
         with open(path, newline='', encoding='utf-8') as fh:
             yield from (_csv_rows(fh, path) if suf == '.csv' else _jsonl_rows(fh))
-    except UnicodeDecodeError as e: raise InputError(f"{path}: not UTF-8 (byte offset {e.start}); save it as UTF-8") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 (byte offset {e.start}); save it as UTF-8") from None
 
 # %% ../nbs/08_infer.ipynb #148cf232
 class _Writer:
@@ -261,36 +305,44 @@ class _Writer:
             self.csv = csv.DictWriter(self.fh, fieldnames=list(rows[0]), extrasaction='ignore'); self.csv.writeheader()
         self.csv.writerows(rows)
 
+# %% ../nbs/08_infer.ipynb #1f1a4b7e
+def _scored_rows(pred:Predictor, src:Path, out:_Writer, batch_size:int|None, chunk:int, progress:bool|None) -> tuple:
+    "`(rows, positives, bad rows)`: `src` scored into `out` in chunks; after the first bad row only checked."
+    known, drop = pred.known, set(POST_COLUMNS + TEXT_COLUMNS + ('criterion_id',))
+    texts = not pred.multi
+    bad, n, pos, buf, lines = [], 0, 0, [], []
+    def flush():
+        nonlocal n, pos
+        if not buf: return
+        res = pred.predict(buf, batch_size, lines, str(src))
+        out.write([{**{k: v for k, v in r.items() if k not in drop}, **o} for r, o in zip(buf, res.to_dict('records'))])
+        n += len(buf); pos += int(res.label.sum()); buf.clear(); lines.clear()
+    bar = tqdm(iter_rows(src), unit=' rows', desc='predict', disable=None if progress is None else not progress,
+               file=sys.stderr)
+    for ln, row in bar:
+        why = row if isinstance(row, str) else row_problem(row, known, texts)
+        if why: bad.append((ln, why)); continue
+        if bad: continue
+        buf.append(row); lines.append(ln)
+        if len(buf) >= chunk: flush()
+    if not bad: flush()
+    return n, pos, bad
+
+# %% ../nbs/08_infer.ipynb #59ade73a
 def predict_file(pred:Predictor, src, dst,      # the predictor, the input (.jsonl/.csv) and output (.jsonl/.csv) files
                  batch_size:int|None=None, chunk:int=256, progress:bool|None=None) -> dict:
     "Score every pair in `src` into `dst` (atomically); `InputError` listing bad rows by line."
     src, dst = Path(src), Path(dst)
-    known, drop = pred.known, set(POST_COLUMNS + TEXT_COLUMNS + ('criterion_id',))
-    texts = not pred.multi
-    bad, n, pos, buf, lines = [], 0, 0, [], []
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f'.{dst.name}.{os.getpid()}.tmp')
     try:
         with open(tmp, 'w', encoding='utf-8', newline='') as fh:
             out = _Writer(fh, 'csv' if dst.suffix.lower() == '.csv' else 'jsonl')
-            def flush():
-                nonlocal n, pos
-                if not buf: return
-                res = pred.predict(buf, batch_size, lines, str(src))
-                out.write([{**{k: v for k, v in r.items() if k not in drop}, **o} for r, o in zip(buf, res.to_dict('records'))])
-                n += len(buf); pos += int(res.label.sum()); buf.clear(); lines.clear()
-            bar = tqdm(iter_rows(src), unit=' rows', desc='predict', disable=None if progress is None else not progress,
-                       file=sys.stderr)
-            for ln, row in bar:
-                why = row if isinstance(row, str) else row_problem(row, known, texts)
-                if why: bad.append((ln, why)); continue
-                if bad: continue
-                buf.append(row); lines.append(ln)
-                if len(buf) >= chunk: flush()
-            if not bad: flush()
+            n, pos, bad = _scored_rows(pred, src, out, batch_size, chunk, progress)
         if bad:
             shown = '; '.join(f'line {ln}: {m}' for ln, m in bad[:10])
-            raise InputError(f"{src}: {len(bad)} bad row(s), nothing written to {dst}: {shown}{' …' if len(bad) > 10 else ''}")
+            raise InputError(f"{src}: {len(bad)} bad row(s), nothing written to {dst}: {shown}"
+                             f"{' …' if len(bad) > 10 else ''}")
         if n == 0: raise InputError(f"{src}: no rows to score")
         os.replace(tmp, dst)
     finally:

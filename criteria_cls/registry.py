@@ -28,12 +28,15 @@ def fold_members(client, run, ensemble:bool) -> tuple:
     kind = tags.get('kind')
     if kind in ('fold', 'holdout'):
         if ensemble: raise InputError(f"run {rid} is a {kind} run; --ensemble needs a CV parent run")
-        meta = {'kind': kind, 'fold': int(tags.get('fold', -1)), 'run_id': rid, 'parent_run_id': tags.get('mlflow.parentRunId')}
+        meta = {'kind': kind, 'fold': int(tags.get('fold', -1)), 'run_id': rid,
+                'parent_run_id': tags.get('mlflow.parentRunId')}
         return [run], None, meta
     if kind != 'cv':
-        raise InputError(f"run {rid} is not a fold, holdout or CV run (kind={kind}); give the run id `criteria-cls cv` printed")
+        raise InputError(f"run {rid} is not a fold, holdout or CV run (kind={kind}); "
+                         f"give the run id `criteria-cls cv` printed")
     latest = tracking.latest_fold_runs(client, rid)
-    if not latest: raise InputError(f"CV run {rid} has no finished fold: finish it with `criteria-cls cv --resume {rid}`")
+    if not latest:
+        raise InputError(f"CV run {rid} has no finished fold: finish it with `criteria-cls cv --resume {rid}`")
     meta = {'parent_run_id': rid, 'cv_f1': run.data.metrics.get('oof_f1')}
     runs = [latest[k] for k in sorted(latest)]
     if ensemble:
@@ -52,6 +55,7 @@ class RunModels:
     threshold: float|None      # the ensemble's threshold (None: the fold's own)
     meta: dict
 
+# %% ../nbs/09_registry.ipynb #0e21f2ee
 def resolve_run(client, run_id:str, dest:Path, ensemble:bool=False) -> RunModels:
     "The fold model folders run `run_id` stands for, downloaded to `dest`."
     try: run = tracking.with_retry(client.get_run, run_id)
@@ -76,10 +80,28 @@ def pyfunc_members(folder:Path) -> tuple:
     arts = (mlmodel.get('flavors', {}).get('python_function', {}) or {}).get('artifacts', {}) or {}
     paths = {k: Path(folder) / v['path'] for k, v in arts.items()}
     if 'config' not in paths:
-        raise InputError(f"{folder}: an MLflow model, but not one made by `criteria-cls register` (no {PYFUNC_CONFIG} artifact)")
+        raise InputError(f"{folder}: an MLflow model, but not one made by `criteria-cls register` "
+                         f"(no {PYFUNC_CONFIG} artifact)")
     cfg = json.loads(paths['config'].read_text())
     return cfg, [paths[k] for k in cfg['members']]
 
+# %% ../nbs/09_registry.ipynb #d1e4bde6
+def _from_pyfunc(d:Path, uri:str) -> Predictor:
+    "The predictor of a pyfunc model folder."
+    cfg, members = pyfunc_members(d)
+    return Predictor.from_folders(members, cfg['threshold'], uri, cfg.get('meta'))
+
+# %% ../nbs/09_registry.ipynb #ecf63144
+def _registered(uri:str, tracking_uri:str, dest:str) -> Path:
+    "The pyfunc model folder of a `models:/` URI, downloaded to `dest`."
+    try: return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dest, tracking_uri=tracking_uri,
+                                                         registry_uri=tracking_uri))
+    except Exception as e:
+        why = str(e).splitlines()[0][:300]
+        raise InputError(f"cannot load {uri} from the registry at {tracking_uri}: {why}. Check the name and alias "
+                         f"(`criteria-cls register` sets them) and MLFLOW_TRACKING_URI.") from None
+
+# %% ../nbs/09_registry.ipynb #29713b82
 def load_predictor(uri:str,                # runs:/<id>, models:/<name>@<alias> (or /<version>), or a folder
                    tracking_uri:str|None=None, # the store runs and registered models are in
                    ensemble:bool=False,    # a CV parent run: all folds instead of the best fold
@@ -93,25 +115,18 @@ def load_predictor(uri:str,                # runs:/<id>, models:/<name>@<alias> 
             rid = uri[len('runs:/'):].strip('/').split('/')[0]
             rm = resolve_run(tracking.get_client(tracking_uri), rid, Path(td), ensemble)
             return Predictor.from_folders(rm.folders, rm.threshold, uri, rm.meta)
-        if uri.startswith('models:/'):
-            try: d = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=td, tracking_uri=tracking_uri,
-                                                              registry_uri=tracking_uri))
-            except Exception as e:
-                raise InputError(f"cannot load {uri} from the registry at {tracking_uri}: {str(e).splitlines()[0][:300]}. "
-                                 f"Check the name and alias (`criteria-cls register` sets them) and MLFLOW_TRACKING_URI.") from None
-            cfg, members = pyfunc_members(d)
-            return Predictor.from_folders(members, cfg['threshold'], uri, cfg.get('meta'))
+        if uri.startswith('models:/'): return _from_pyfunc(_registered(uri, tracking_uri, td), uri)
         d = Path(uri).expanduser()
-        if not d.exists(): raise InputError(f"model '{uri}' not found: give runs:/<run_id>, models:/<name>@<alias> or a model folder")
-        if (d / 'MLmodel').exists():
-            cfg, members = pyfunc_members(d)
-            return Predictor.from_folders(members, cfg['threshold'], uri, cfg.get('meta'))
+        if not d.exists():
+            raise InputError(f"model '{uri}' not found: give runs:/<run_id>, models:/<name>@<alias> or a model folder")
+        if (d / 'MLmodel').exists(): return _from_pyfunc(d, uri)
         return Predictor.from_folders([d], None, uri, {'kind': 'folder'})
 
 # %% ../nbs/09_registry.ipynb #4d5514ec
 class CriteriaClsModel(mlflow.pyfunc.PythonModel):
     "MLflow pyfunc wrapper around `Predictor` (artifacts: fold model folders and predictor.json)."
-    _skip_type_hint_validation = True  # no type hints on `predict`: the explicit signature (`pyfunc_signature`) is the contract
+    # no type hints on `predict`: the explicit signature (`pyfunc_signature`) is the contract
+    _skip_type_hint_validation = True
     def load_context(self, context):
         cfg = json.loads(Path(context.artifacts['config']).read_text())
         self.predictor = Predictor.from_folders([context.artifacts[k] for k in cfg['members']], cfg['threshold'],
@@ -123,6 +138,7 @@ class CriteriaClsModel(mlflow.pyfunc.PythonModel):
         except InputError as e: raise MlflowException.invalid_parameter_value(str(e)) from None
         return out[['criterion_id', 'probability', 'label', 'threshold']]
 
+# %% ../nbs/09_registry.ipynb #b1ffe60f
 def pyfunc_signature() -> ModelSignature:
     "Input: post, criterion_id, optional criterion text. Output: criterion_id, probability, label, threshold."
     return ModelSignature(
@@ -148,6 +164,7 @@ def _fold_line(r) -> str:
             f"test F1 {f('test_f1')}, precision {f('test_precision')}, recall {f('test_recall')}, "
             f"ROC-AUC {f('test_roc_auc')}")
 
+# %% ../nbs/09_registry.ipynb #1ae564d8
 def describe_run(client, rm:RunModels) -> tuple:
     "`(lines saying what `rm` is: profile, steps, fold metrics; a smoke-budget warning or None)`."
     run, meta, ps = rm.run, rm.meta, rm.members[0].data.params
@@ -176,6 +193,7 @@ def _requirements() -> list:
         except PackageNotFoundError: pass
     return out
 
+# %% ../nbs/09_registry.ipynb #57886848
 def _description(pred:Predictor, meta:dict, run) -> str:
     "The model version's description: what it is, its inputs and outputs, the CV it came from."
     m = run.data.metrics
@@ -185,7 +203,8 @@ def _description(pred:Predictor, meta:dict, run) -> str:
              f"Input: post, criterion_id ({', '.join(pred.criteria.criterion_id)}) or criterion text. "
              f"Output: probability, label, threshold."]
     if meta.get('cv_f1') is not None:
-        lines.append(f"Cross-validated pooled out-of-fold F1 {meta['cv_f1']:.3f} (parent run {meta.get('parent_run_id')}).")
+        lines.append(f"Cross-validated pooled out-of-fold F1 {meta['cv_f1']:.3f} "
+                     f"(parent run {meta.get('parent_run_id')}).")
     for k in ('test_f1', 'test_precision', 'test_recall', 'test_roc_auc'):
         if k in m and meta.get('kind') != 'ensemble': lines.append(f"{k}: {m[k]:.3f}")
     lines.append(f"Source run: {run.info.run_id}.")
@@ -200,6 +219,7 @@ def _stage(folders:list, runs:list, dest:Path) -> dict:
         arts[key] = str(shutil.copytree(f, dest / key))
     return arts
 
+# %% ../nbs/09_registry.ipynb #f8739468
 def _model_tags(pred:Predictor, meta:dict, run, members:list) -> dict:
     "Tags of the model version: base model, adapter, members, threshold, source run and its F1."
     tags = {'base_model': pred.meta['backbone'], 'peft': pred.meta['peft'], 'kind': meta['kind'],
@@ -208,6 +228,38 @@ def _model_tags(pred:Predictor, meta:dict, run, members:list) -> dict:
     if meta.get('cv_f1') is not None: tags['cv_f1'] = f"{meta['cv_f1']:.4f}"
     if 'test_f1' in run.data.metrics: tags['test_f1'] = f"{run.data.metrics['test_f1']:.4f}"
     return tags
+
+# %% ../nbs/09_registry.ipynb #b4e4eb88
+def _announce(client, rm:RunModels, alias:str|None, log) -> str|None:
+    "Log what is being registered and a smoke-budget warning, if any; the warning."
+    lines, warn = describe_run(client, rm)
+    for line in lines: log(line)
+    if warn: log(f"warning: {warn}" + (f"; it becomes @{alias} all the same (--alias none registers it without one)"
+                                      if alias else ''))
+    return warn
+
+# %% ../nbs/09_registry.ipynb #0fd940c8
+def _staged(client, rm:RunModels, run_id:str, td:Path) -> tuple:
+    "`(predictor, meta, {name: folder})`: the fold folders copied under `td/stage` and loaded; meta with the CV F1."
+    meta, arts = rm.meta, _stage(rm.folders, rm.members, td / 'stage')
+    if meta.get('cv_f1') is None and meta.get('parent_run_id'):
+        meta['cv_f1'] = tracking.with_retry(client.get_run, meta['parent_run_id']).data.metrics.get('oof_f1')
+    pred = Predictor.from_scorers([load_folder(a) for a in arts.values()], rm.threshold, f'runs:/{run_id}', meta)
+    meta = {**meta, 'members': len(arts), 'backbone': pred.meta['backbone'], 'peft': pred.meta['peft']}
+    return pred, meta, arts
+
+# %% ../nbs/09_registry.ipynb #526fe2e8
+def _log_pyfunc(client, run, arts:dict, config:dict, tags:dict, example:pd.DataFrame, td:Path, tracking_uri:str):
+    "Log the pyfunc model (fold folders and predictor.json) into `run`, leaving its status as it was; its model info."
+    (td / PYFUNC_CONFIG).write_text(json.dumps(config, indent=1))
+    mlflow.set_tracking_uri(tracking_uri); mlflow.set_registry_uri(tracking_uri)
+    with mlflow.start_run(run_id=run.info.run_id):
+        info = mlflow.pyfunc.log_model(name='pyfunc', python_model=CriteriaClsModel(),
+                                       artifacts={**arts, 'config': str(td / PYFUNC_CONFIG)},
+                                       signature=pyfunc_signature(), input_example=example,
+                                       pip_requirements=_requirements(), tags=tags)
+    tracking.end_run(client, run.info.run_id, run.info.status)
+    return info
 
 # %% ../nbs/09_registry.ipynb #2bb93f60
 def register(run_id:str,                  # a fold, holdout or CV parent run
@@ -221,29 +273,15 @@ def register(run_id:str,                  # a fold, holdout or CV parent run
     with tempfile.TemporaryDirectory(prefix='criteria-cls-register-') as td:
         td = Path(td)
         rm = resolve_run(client, run_id, td / 'download', ensemble)
-        lines, warn = describe_run(client, rm)
-        for line in lines: log(line)
-        if warn: log(f"warning: {warn}" + (f"; it becomes @{alias} all the same (--alias none registers it without one)"
-                                          if alias else ''))
-        run, meta, arts = rm.run, rm.meta, _stage(rm.folders, rm.members, td / 'stage')
-        if meta.get('cv_f1') is None and meta.get('parent_run_id'):
-            meta['cv_f1'] = tracking.with_retry(client.get_run, meta['parent_run_id']).data.metrics.get('oof_f1')
-        pred = Predictor.from_scorers([load_folder(a) for a in arts.values()], rm.threshold, f'runs:/{run_id}', meta)
-        meta = {**meta, 'members': len(arts), 'backbone': pred.meta['backbone'], 'peft': pred.meta['peft']}
+        warn = _announce(client, rm, alias, log)
+        pred, meta, arts = _staged(client, rm, run_id, td)
         config = {'members': list(arts), 'threshold': pred.threshold, 'source': f'runs:/{run_id}', 'meta': meta}
-        (td / PYFUNC_CONFIG).write_text(json.dumps(config, indent=1))
-        tags = {**_model_tags(pred, meta, run, list(arts)), **({'smoke_test': 'true'} if warn else {})}
+        tags = {**_model_tags(pred, meta, rm.run, list(arts)), **({'smoke_test': 'true'} if warn else {})}
         example = pd.DataFrame({'post': ['I have not slept properly in weeks and nothing feels worth doing.'],
                                 'criterion_id': [pred.criteria.criterion_id.iloc[0]]})
-        mlflow.set_tracking_uri(tracking_uri); mlflow.set_registry_uri(tracking_uri)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(name='pyfunc', python_model=CriteriaClsModel(),
-                                           artifacts={**arts, 'config': str(td / PYFUNC_CONFIG)},
-                                           signature=pyfunc_signature(), input_example=example,
-                                           pip_requirements=_requirements(), tags=tags)
-        tracking.end_run(client, run_id, run.info.status)
+        info = _log_pyfunc(client, rm.run, arts, config, tags, example, td, tracking_uri)
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
-    desc = _description(pred, meta, run)
+    desc = _description(pred, meta, rm.run)
     tracking.with_retry(client.update_model_version, name, mv.version, description=desc)
     if alias: tracking.with_retry(client.set_registered_model_alias, name, alias, mv.version)
     uri = f'models:/{name}@{alias}' if alias else f'models:/{name}/{mv.version}'

@@ -31,6 +31,7 @@ def report_theme():
           'figure.dpi': 100, 'savefig.dpi': 100}
     with plt.rc_context(rc): yield
 
+# %% ../nbs/11_report.ipynb #69a3cdcb
 def themed(f):
     "Decorator: draw `f`'s figure inside `report_theme`."
     @wraps(f)
@@ -73,6 +74,7 @@ def plot_learning_curves(history:pd.DataFrame|list, best_epoch:int|None=None):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/11_report.ipynb #17a8698e
 @themed
 def plot_confusion(pred:pd.DataFrame, threshold:float, title:str='Test fold: confusion matrix'):
     "Confusion matrix of the pairs at `threshold`."
@@ -84,6 +86,7 @@ def plot_confusion(pred:pd.DataFrame, threshold:float, title:str='Test fold: con
     fig.tight_layout()
     return fig
 
+# %% ../nbs/11_report.ipynb #8cbddaa0
 @themed
 def plot_threshold_curve(dev:pd.DataFrame, test:pd.DataFrame|None, threshold:float, step:float=0.01):
     "F1, precision and recall against the threshold on dev (where it was chosen) and F1 on test."
@@ -96,7 +99,8 @@ def plot_threshold_curve(dev:pd.DataFrame, test:pd.DataFrame|None, threshold:flo
         curves_.append(t.assign(curve='test F1 (not used for choosing)', score=t.f1))
     sns.lineplot(pd.concat(curves_), x='threshold', y='score', hue='curve', style='curve', ax=ax)
     ax.axvline(threshold, color='tab:red', ls=':', label=f'chosen on dev: {threshold:.2f}')
-    ax.set(title='Decision threshold: chosen on dev, applied to test', xlabel='threshold', ylabel='score', ylim=(0, 1.02))
+    ax.set(title='Decision threshold: chosen on dev, applied to test', xlabel='threshold', ylabel='score',
+           ylim=(0, 1.02))
     ax.legend(loc='lower left', title=None)
     fig.tight_layout()
     return fig
@@ -110,6 +114,7 @@ def fold_criterion_f1(preds:pd.DataFrame, names:dict|None=None) -> pd.DataFrame:
     if names: df.index = [f'{i} {names[i]}' if i in names and names[i] != i else i for i in df.index]
     return df
 
+# %% ../nbs/11_report.ipynb #cfdbcf57
 @themed
 def plot_f1_heatmap(f1:pd.DataFrame, title:str='Test F1 per criterion and fold'):
     "Heatmap of a criterion × fold F1 table, values written in the cells."
@@ -120,6 +125,7 @@ def plot_f1_heatmap(f1:pd.DataFrame, title:str='Test F1 per criterion and fold')
     fig.tight_layout()
     return fig
 
+# %% ../nbs/11_report.ipynb #eaac0cfa
 @themed
 def plot_fold_curves(preds:pd.DataFrame):
     "Precision-recall and ROC curves of each fold's test pairs."
@@ -135,13 +141,15 @@ def plot_fold_curves(preds:pd.DataFrame):
     base = preds.label.mean()
     a.axhline(base, color='gray', ls=':', label=f'chance ({base:.2f})')
     b.plot([0, 1], [0, 1], color='gray', ls=':', label='chance')
-    a.set(title='Precision-recall per fold (test pairs)', xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02))
+    a.set(title='Precision-recall per fold (test pairs)', xlabel='recall', ylabel='precision', xlim=(0, 1),
+          ylim=(0, 1.02))
     b.set(title='ROC per fold (test pairs)', xlabel='false positive rate', ylabel='true positive rate', xlim=(0, 1),
           ylim=(0, 1.02))
     a.legend(title=None); b.legend(title=None)
     fig.tight_layout()
     return fig
 
+# %% ../nbs/11_report.ipynb #efaf35de
 @themed
 def plot_baseline_comparison(model_f1:pd.Series, baseline_f1:pd.Series, names:dict|None=None):
     "Pooled F1 per criterion of the fine-tuned model next to the keyword baseline's."

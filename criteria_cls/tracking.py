@@ -80,6 +80,7 @@ def start_run(client, experiment_id:str, name:str, parent_id:str|None=None, tags
     if parent_id: tags['mlflow.parentRunId'] = parent_id
     return with_retry(client.create_run, experiment_id, run_name=name, tags=tags).info.run_id
 
+# %% ../nbs/07_tracking.ipynb #b243b257
 def end_run(client, run_id:str, status:str='FINISHED'):
     "Mark a run FINISHED, FAILED or KILLED."
     with_retry(client.set_terminated, run_id, status)
@@ -91,6 +92,7 @@ def log_params(client, run_id:str, params:dict):
     items = [Param(k, (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100): with_retry(client.log_batch, run_id, params=items[i:i+100])
 
+# %% ../nbs/07_tracking.ipynb #49901935
 def log_metrics(client, run_id:str, metrics:dict, step:int=0):
     "Log the finite numeric entries of `metrics` at `step`."
     ts = int(time.time() * 1000)
@@ -105,6 +107,7 @@ def log_artifact(client, run_id:str, path, artifact_path:str|None=None):
     fn = client.log_artifacts if path.is_dir() else client.log_artifact
     with_retry(fn, run_id, str(path), artifact_path)
 
+# %% ../nbs/07_tracking.ipynb #b14bd22e
 def log_frame(client, run_id:str, df:pd.DataFrame, name:str, artifact_path:str|None='tables'):
     "Log a DataFrame as `<artifact_path>/<name>.csv`."
     with tempfile.TemporaryDirectory() as d:
@@ -112,11 +115,13 @@ def log_frame(client, run_id:str, df:pd.DataFrame, name:str, artifact_path:str|N
         df.to_csv(f, index=False)
         log_artifact(client, run_id, f, artifact_path)
 
+# %% ../nbs/07_tracking.ipynb #e1db02ed
 def load_frame(client, run_id:str, name:str, artifact_path:str='tables') -> pd.DataFrame:
     "Read back a DataFrame logged with `log_frame`."
     with tempfile.TemporaryDirectory() as d:
         return pd.read_csv(with_retry(client.download_artifacts, run_id, f'{artifact_path}/{name}.csv', d))
 
+# %% ../nbs/07_tracking.ipynb #cd5e0aae
 def load_json(client, run_id:str, path:str) -> dict:
     "A JSON artifact of a run."
     with tempfile.TemporaryDirectory() as d:
@@ -136,6 +141,7 @@ def child_runs(client, parent_id:str) -> list:
                       filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000)
     return sorted(runs, key=lambda r: (int(r.data.tags.get('fold', 10**6)), r.info.start_time))
 
+# %% ../nbs/07_tracking.ipynb #536c4499
 def latest_fold_runs(client, parent_id:str) -> dict:
     "`{fold: run}`: the latest FINISHED fold run of each fold of CV `parent_id`."
     return {int(r.data.tags['fold']): r for r in child_runs(client, parent_id)
