@@ -70,6 +70,7 @@ def device_of(model):
     "The device a model's weights are on."
     return next(model.parameters(), torch.empty(0)).device
 
+# %% ../nbs/05b_architecture.ipynb #28398f9f
 def n_layers(model) -> int:
     "The backbone's number of transformer layers."
     n = getattr(model.config, 'num_hidden_layers', None)
@@ -112,6 +113,7 @@ class CriteriaOutput:
     logits: torch.Tensor
     cache: object = None
 
+# %% ../nbs/05b_architecture.ipynb #6cc6be18
 class CriteriaModel(torch.nn.Module):
     "A backbone, a pooling and a linear head: one logit per prompt (pair) or per criterion (multi)."
     def __init__(self, backbone, head:str='pair', n_out:int=1, pooling:str='mean', normalize:bool=False,

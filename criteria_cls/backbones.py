@@ -149,6 +149,7 @@ def _folder_backbone(name:str, path:Path, cache_dir:str|None) -> Backbone:
                          + (f"; it holds {len(ggufs)} .gguf files: name one of them" if ggufs else ''))
     return Backbone(name, str(path.resolve()), 'folder')
 
+# %% ../nbs/05a_backbones.ipynb #0b8e90e9
 def _offline():
     return constants.is_offline_mode() or os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes', 'on') \
         or os.environ.get('TRANSFORMERS_OFFLINE', '').lower() in ('1', 'true', 'yes', 'on')

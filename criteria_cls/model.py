@@ -55,6 +55,7 @@ def _quantization(p, cuda:bool):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
+# %% ../nbs/05c_model.ipynb #4e6980ee
 def load_backbone(p, device=None) -> tuple:
     "`(backbone, tokenizer, (pooling, normalize))` for params `p` (no adapter yet)."
     cuda = (device or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda')

@@ -197,6 +197,7 @@ def _check_pairs(df:pd.DataFrame, what:str, col:str):
     if missing: raise InputError(f"{what} pairs lack column(s) {missing}; columns are {list(df.columns)}")
     if len(df) == 0: raise InputError(f"{what} pairs are empty")
 
+# %% ../nbs/06c_train.ipynb #c4e08e67
 def _subsample(p, pairs:pd.DataFrame) -> pd.DataFrame:
     "At most `train.max_train_pairs` pairs (whole posts for a multi head), drawn with the params' seed."
     n = p.train.max_train_pairs
@@ -226,6 +227,7 @@ class Fold:
     frozen: int = 0          # bottom layers that never change (`frozen_layers`)
     shared: bool = False     # one prompt start per post (`shares_prefix`)
 
+# %% ../nbs/06c_train.ipynb #25318bf2
 def prepare_fold(p, train_pairs:pd.DataFrame, dev_pairs:pd.DataFrame, test_pairs:pd.DataFrame|None=None,
                  criteria:pd.DataFrame|None=None, model=None, tokenizer=None, device:str|None=None) -> Fold:
     "Check the pairs, set threads and seeds, build the model (unless given) and resolve its precision."
@@ -266,6 +268,7 @@ class Fit:
     steps: int = 0           # optimizer steps taken
     units: int = 0           # units they consumed
 
+# %% ../nbs/06c_train.ipynb #06d002db
 def start_fit(f:Fold, train:Task) -> Fit:
     "The optimizer and loss weights for `train` (the first epoch fixes every epoch's size and composition)."
     T = f.p.train
@@ -282,6 +285,7 @@ def _record(f:Fold, fit:Fit, dev:Task, prob, **facts) -> dict:
     fit.history.append(rec); fit.keep.update(rec, prob)
     return rec
 
+# %% ../nbs/06c_train.ipynb #31bfa6af
 def warm_start(f:Fold, fit:Fit, train:Task, dev:Task, progress=True) -> dict:
     "Epoch 0: the head fitted as a linear probe (`probe_head`), scored on dev and kept as the best so far."
     T, sel = f.p.train, f.p.metrics.select
