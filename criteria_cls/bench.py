@@ -14,10 +14,13 @@ from transformers import (AutoModelForSequenceClassification, PrinterCallback, T
 import criteria_cls
 from .config import InputError, project_root, seed_everything
 from .prompt import PromptEncoder, make_collator, pair_inputs
-from .model import (build_model, device_of, frozen_layers, load_tokenizer, peft_config, quiet_hf,
-                                resolve_backbone, resolve_precision)
-from .train import (_StepState, make_optimizer, make_task, pairs_criteria, shares_prefix, train_fold,
-                                train_mode, train_step)
+from .backbones import quiet_hf, resolve_backbone
+from .architecture import device_of
+from .model import build_model, load_tokenizer, peft_config, resolve_precision
+from .cache import frozen_layers
+from .tasks import make_task, shares_prefix
+from .train import (_StepState, make_optimizer, pairs_criteria, torch_setup, train_fold, train_mode,
+                                train_step)
 from .infer import Predictor
 from .metrics import best_threshold, binary_metrics, tfidf_baseline
 from .splits import fold_pairs
@@ -66,26 +69,26 @@ def with_rss(fn, *args, **kwargs) -> dict:
     return {**out, 'peak_rss_gb': r(m.peak_gb), 'start_rss_gb': r(m.start_gb)}
 
 # %% ../nbs/10_bench.ipynb #b07197f4
-def _tokens(task, groups:list, micro:int) -> tuple:
+def _tokens(task, epoch, groups:list, micro:int, pad_to:int|None=None) -> tuple:
     "`(real tokens, padded tokens)` of `groups` of `task`'s units, batched `micro` units at a time."
     shared = hasattr(task, 'suffixes')     # tokens: each pair's whole prompt, as the separate pairs would read it
-    tokens = sum(task.lengths[j] + sum(len(task.suffixes[c]['input_ids']) for c in np.flatnonzero(task.active([j])[0]))
+    tokens = sum(task.lengths[j] + sum(len(task.suffixes[c]['input_ids']) for c in np.flatnonzero(epoch.active[j]))
                  if shared else task.lengths[j] for g in groups for j in g)
-    padded = sum(int(task.batch(g[i:i + micro])['input_ids'].numel()) for g in groups for i in range(0, len(g), micro))
+    padded = sum(int(task.batch(g[i:i + micro], pad_to)['input_ids'].numel()) for g in groups for i in range(0, len(g), micro))
     return tokens, padded
 
 # %% ../nbs/10_bench.ipynb #8f2b31a6
 def _time_steps(model, task, p, steps:int, precision:str, pad_to:int|None=None) -> dict:
     "Time `steps` optimizer steps of our loop (after one untimed warm-up) over length-grouped groups of `task`'s units."
     T = p.train
-    groups = task.epoch_groups(T, p.seed)
+    epoch = task.epoch(T, p.seed)
+    groups = epoch.groups
     _, opt, _ = make_optimizer(model, T, len(groups))
     state = _StepState(micro=min(T.batch_size, T.effective_batch_size))
-    weights = task.class_weights(T.class_weight, task.epoch_units(T, p.seed))
-    task.pad_to = pad_to
+    weights = task.class_weights(T.class_weight, epoch)
     def run(g):
         opt.zero_grad(set_to_none=True)
-        train_step(model, g, task, state, weights, precision)
+        train_step(model, g, task, state, weights, precision, active=epoch.active, pad_to=pad_to)
         if T.max_grad_norm:
             torch.nn.utils.clip_grad_norm_([w for w in model.parameters() if w.requires_grad], T.max_grad_norm)
         opt.step()
@@ -95,9 +98,8 @@ def _time_steps(model, task, p, steps:int, precision:str, pad_to:int|None=None) 
     t = time.perf_counter()
     for g in timed: run(g)
     s = time.perf_counter() - t
-    pairs = int(sum(task.active(g).sum() for g in timed))
-    tokens, padded = _tokens(task, timed, state.micro)
-    task.pad_to = None
+    pairs = sum(epoch.pairs(g) for g in timed)
+    tokens, padded = _tokens(task, epoch, timed, state.micro, pad_to)
     shared = hasattr(task, 'suffixes')
     return {'pairs_per_s': pairs / s, 'tokens_per_s': tokens / s, 'ms_per_pair': 1000 * s / pairs,
             'pad_fraction': None if shared else 1 - tokens / padded, 'seconds': s, 'pairs': pairs}
@@ -185,10 +187,9 @@ def bench_train(p,                  # resolved params
                ) -> dict:
     "Training throughput and peak memory of the HF Trainer and of our loop on the same pairs, side by side (see above)."
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    if p.train.threads: torch.set_num_threads(p.train.threads)
     sub = bench_sample(p, pairs, n_pairs, longest)
     criteria = pairs_criteria(pairs) if criteria is None else criteria
-    seed_everything(p.seed, p.train.deterministic)
+    torch_setup(p)
     model, tok = build_model(p, device, n_criteria=len(criteria))
     precision = resolve_precision(p.train.mixed_precision, device_of(model))
     task = make_task(p, model, tok, sub, criteria)
@@ -203,7 +204,7 @@ def bench_train(p,                  # resolved params
         out['ours_shared'] = {**row, 'vs_ours': row['pairs_per_s'] / out['ours']['pairs_per_s']}
     k = frozen_layers(p, model)
     if 'ours_cached' in rows and k and p.train.cache_frozen:
-        t = time.perf_counter(); task.cache(model, k, p.train.eval_batch_size, p.train.cache_max_gb)
+        t = time.perf_counter(); task = task.cached(model, k, p.train.eval_batch_size, p.train.cache_max_gb)
         out['cache_s'] = time.perf_counter() - t
         out['ours_cached'] = with_rss(_time_steps, model, task, p, steps, precision)
     base = out.get('hf_trainer')

@@ -13,7 +13,10 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from .config import InputError
 from .prompt import CRITERION_COLUMN, PostEncoder, PromptEncoder
-from .model import cache_kwarg, device_of, load_fold_model, resolve_precision, score, to_proba
+from .architecture import cache_kwarg, device_of
+from .model import resolve_precision, to_proba
+from .scoring import score
+from .artifacts import load_fold_model
 
 # %% auto #0
 __all__ = ['POST_COLUMNS', 'TEXT_COLUMNS', 'criterion_texts', 'row_problem', 'normalize_pairs', 'FoldScorer', 'common_prefix_len',

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np, pandas as pd, torch
-from .config import InputError, params_hash, seed_everything
+import numpy as np, pandas as pd
+from .config import InputError, params_hash
 from .data import PairTable, load_table
 from .splits import fold_pairs, read_folds, train_dev_split
 from .metrics import binary_metrics, bootstrap_ci, criterion_table, tfidf_baseline
-from .model import save_fold_model
-from .train import FoldResult, train_fold
+from .artifacts import save_fold_model
+from .train import FoldResult, torch_setup, train_fold
 from . import tracking
 
 # %% auto #0
@@ -95,11 +95,11 @@ def log_fold(client, run_id:str, result:FoldResult, fold:int) -> tuple:
     m = binary_metrics(test.label, test.prob, result.threshold)
     epochs = sum(1 for h in result.history if h['epoch'] > 0)    # epoch 0 is the probe (no fine-tuning)
     tracking.log_metrics(client, run_id, {**{f'test_{a}': b for a, b in m.items()}, 'best_epoch': result.best_epoch,
-                                          'epochs_run': epochs, 'optimizer_steps': result.timings.get('optimizer_steps', 0),
+                                          'epochs_run': epochs, 'optimizer_steps': result.optimizer_steps,
+                                          'units_trained': result.units_trained, 'train_units_per_s': result.train_units_per_s,
                                           **{f'time_{a}': b for a, b in result.timings.items()}})
     # what ran, where the params only say what was asked (`auto`): the autocast mode, the frozen layers cached
-    tracking.log_params(client, run_id, {'ran': {k: result.timings[k] for k in ('precision', 'frozen_layers_cached')
-                                                 if k in result.timings}})
+    tracking.log_params(client, run_id, {'ran': {'precision': result.precision, 'frozen_layers_cached': result.frozen_layers_cached}})
     tracking.log_frame(client, run_id, test, 'test_predictions')
     tracking.log_frame(client, run_id, result.dev_predictions.assign(threshold=result.threshold, fold=fold), 'dev_predictions')
     tracking.log_frame(client, run_id, pd.DataFrame(result.history), 'history')
@@ -133,8 +133,7 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     parts = run_parts(client, run, p, table)
     out = Path(output_dir or run.data.tags.get('run_dir') or '.'); out.mkdir(parents=True, exist_ok=True)
     tracking.log_params(client, run_id, {'split': {part: int(v.post_id.nunique()) for part, v in parts.items()}})
-    if threads: torch.set_num_threads(threads)
-    seed_everything(p.seed, p.train.deterministic)
+    torch_setup(p, threads)
     data_s = time.perf_counter() - t0
     result = train_fold(p, parts['train'], parts['dev'], parts['test'], table.criteria, progress=progress)
     tl = time.perf_counter()

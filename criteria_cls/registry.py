@@ -152,7 +152,8 @@ SMOKE_STEPS = 50   # fewer optimizer steps than this: a smoke-test budget, not a
 
 def _steps(run) -> int|None:
     "Optimizer steps that trained a fold run (None if it did not log them)."
-    v = run.data.metrics.get('time_optimizer_steps', run.data.metrics.get('steps'))
+    m = run.data.metrics   # `time_optimizer_steps`: runs logged before the counts left `timings`
+    v = m.get('optimizer_steps', m.get('time_optimizer_steps', m.get('steps')))
     return None if v is None else int(v)
 
 def _fold_line(r) -> str:

@@ -9,7 +9,7 @@ def tiny_fold(folder, overrides=(), pairs:int=48, steps:int=3, params=ROOT / 'pa
     "A fold trained for a few steps on demo posts and saved as a fold model folder: `(folder, FoldResult, test pairs)`."
     from criteria_cls.config import load_params
     from criteria_cls.data import load_table
-    from criteria_cls.model import save_fold_model
+    from criteria_cls.artifacts import save_fold_model
     from criteria_cls.train import train_fold
     p = load_params(params, [f'train.max_steps={steps}', f'train.max_train_pairs={pairs}', 'train.epochs=1',
                              'train.batch_size=8', 'train.effective_batch_size=8', *overrides])

@@ -4,7 +4,8 @@ from conftest import ROOT
 from criteria_cls.config import load_params, seed_everything
 from criteria_cls.data import load_table
 from criteria_cls.model import build_model
-from criteria_cls.train import _StepState, pair_task, shared_task, shares_prefix, train_step
+from criteria_cls.tasks import pair_task, shared_task, shares_prefix
+from criteria_cls.train import _StepState, train_step
 
 
 @pytest.fixture(scope='module')
@@ -41,8 +42,9 @@ def test_same_loss_and_gradients(smol):
     out = []
     for task, group in ((sh, list(range(len(sh)))), (sep, list(range(len(sep))))):
         model.zero_grad()
-        w = task.class_weights('balanced', task.epoch_units(p.train, 0))
-        loss = train_step(model, group, task, _StepState(micro=len(group)), w)
+        epoch = task.epoch(p.train, 0)
+        w = task.class_weights('balanced', epoch)
+        loss = train_step(model, group, task, _StepState(micro=len(group)), w, active=epoch.active)
         out.append((loss, grads(model)))
     (l1, g1), (l2, g2) = out
     assert abs(l1 - l2) < 1e-5, (l1, l2)

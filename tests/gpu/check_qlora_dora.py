@@ -103,7 +103,8 @@ def _gib(x) -> float: return round(x / 2**30, 2)
 def time_mode(p, model, tok, pairs, crit, shared:bool, a, precision:str) -> dict:
     "Train `a.warmup + a.steps` optimizer steps of `a.posts_per_step` posts x every criterion; timings of the last `a.steps`."
     import numpy as np, torch
-    from criteria_cls.train import _StepState, make_optimizer, pair_task, shared_task, shares_prefix, train_mode, train_step
+    from criteria_cls.tasks import pair_task, shared_task, shares_prefix
+    from criteria_cls.train import _StepState, make_optimizer, train_mode, train_step
     if shared:
         why = []
         if not shares_prefix(p, model, why.append): raise RuntimeError(f"shared prefix refused: {' '.join(why)}")
@@ -115,7 +116,8 @@ def time_mode(p, model, tok, pairs, crit, shared:bool, a, precision:str) -> dict
     groups = [list(range(s * k, (s + 1) * k)) if shared else list(range(s * k * C, (s + 1) * k * C)) for s in range(n)]
     if shared: tokens = sum(len(task.units[i]['input_ids']) + sum(len(x['input_ids']) for x in task.suffixes) for g in groups for i in g)
     else: tokens = sum(len(task.units[i]['input_ids']) for g in groups for i in g)
-    weights = task.class_weights(p.train.class_weight, task.epoch_units(p.train, p.seed))
+    epoch = task.epoch(p.train, p.seed)
+    weights = task.class_weights(p.train.class_weight, epoch)
     params, opt, sched = make_optimizer(model, p.train, n)
     state = _StepState(micro=(a.shared_batch or k) if shared else a.batch_size)
     cuda = next(model.parameters()).device.type == 'cuda'
@@ -125,7 +127,7 @@ def time_mode(p, model, tok, pairs, crit, shared:bool, a, precision:str) -> dict
     for g in groups:
         sync(); t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        losses.append(train_step(model, g, task, state, weights, precision))
+        losses.append(train_step(model, g, task, state, weights, precision, active=epoch.active))
         torch.nn.utils.clip_grad_norm_(params, p.train.max_grad_norm); opt.step(); sched.step()
         sync(); times.append(time.perf_counter() - t)
     assert all(np.isfinite(losses)), f"non-finite loss: {losses}"
@@ -196,7 +198,7 @@ def random_llama(folder, shape:dict, tok, device:str, dtype) -> dict:
     "Save a randomly initialised LLaMA of `shape` (vocab_size: the tokenizer's) and `tok` to `folder`; what it made."
     import torch
     from transformers import LlamaConfig, LlamaModel
-    from criteria_cls.model import quiet_hf
+    from criteria_cls.backbones import quiet_hf
     cfg = LlamaConfig(**dict(shape, vocab_size=len(tok)), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id)
     t = time.perf_counter(); torch.manual_seed(0)
