@@ -18,6 +18,7 @@ from .backbones import quiet_hf, resolve_backbone
 from .architecture import device_of
 from .model import build_model, load_tokenizer, peft_config, resolve_precision
 from .cache import frozen_layers
+from .scoring import token_batches
 from .tasks import make_task, shares_prefix
 from .train import (_StepState, make_optimizer, pairs_criteria, torch_setup, train_fold, train_mode,
                                 train_step)
@@ -74,7 +75,8 @@ def _tokens(task, epoch, groups:list, micro:int, pad_to:int|None=None) -> tuple:
     shared = hasattr(task, 'suffixes')     # tokens: each pair's whole prompt, as the separate pairs would read it
     tokens = sum(task.lengths[j] + sum(len(task.suffixes[c]['input_ids']) for c in np.flatnonzero(epoch.active[j]))
                  if shared else task.lengths[j] for g in groups for j in g)
-    padded = sum(int(task.batch(g[i:i + micro], pad_to)['input_ids'].numel()) for g in groups for i in range(0, len(g), micro))
+    padded = sum(int(task.batch(mb, pad_to)['input_ids'].numel())
+                 for g in groups for mb in token_batches(task.units, g, micro, task.train_tokens, pad_to))
     return tokens, padded
 
 # %% ../nbs/10_bench.ipynb #8f2b31a6

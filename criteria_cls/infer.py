@@ -105,7 +105,7 @@ def proba(self:FoldScorer, posts:list, criteria:list, batch_size:int=32, ids:lis
     "Probabilities for (post, criterion) pairs: by criterion text (pair head), or by criterion id (`ids`, multi head)."
     if self.multi: return self.proba_ids(posts, ids, batch_size)
     return score(self.model, self.tok, self.encoder.encode_many(list(posts), list(criteria)), batch_size,
-                 self.precision)
+                 self.precision, max_tokens=self.p.train.eval_max_batch_tokens)
 
 # %% ../nbs/08_infer.ipynb #57b8b5dc
 @patch
@@ -115,8 +115,8 @@ def proba_ids(self:FoldScorer, posts:list, ids:list, batch_size:int=32) -> np.nd
     if unknown:
         raise InputError(f"criterion {', '.join(unknown)} is not one the model was trained on ({', '.join(self.col)})")
     uniq = list(dict.fromkeys(posts))
-    P = score(self.model, self.tok, self.posts.encode_posts(uniq), batch_size, self.precision,
-              self.crit_seqs).reshape(len(uniq), -1)
+    P = score(self.model, self.tok, self.posts.encode_posts(uniq), batch_size, self.precision, self.crit_seqs,
+              max_tokens=self.p.train.eval_max_batch_tokens).reshape(len(uniq), -1)
     row = {x: i for i, x in enumerate(uniq)}
     return P[[row[x] for x in posts], [self.col[c] for c in ids]]
 

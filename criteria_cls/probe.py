@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from .metrics import best_threshold, binary_metrics
 from .architecture import device_of
 from .cache import flat_states
-from .scoring import from_states, to_device
+from .scoring import from_states, to_device, token_batches
 from .tasks import Task
 
 # %% auto #0
@@ -21,8 +21,7 @@ def unit_features(model, task:Task, batch_size:int=64) -> np.ndarray:
     was = model.training; model.eval(); out = []
     try:
         with torch.inference_mode():
-            for s in range(0, len(task), batch_size):
-                idx = list(range(s, min(s + batch_size, len(task))))
+            for idx in token_batches(task.units, range(len(task)), batch_size, task.eval_tokens):
                 b = to_device(task.batch(idx), device_of(model))
                 st = None if task.states is None else flat_states([task.states[i] for i in idx], task.states.criteria)
                 with from_states(model, b, st, task.k): out.append(model.features(b)[0].float().cpu().numpy())

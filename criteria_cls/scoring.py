@@ -12,7 +12,8 @@ from .model import autocast
 from .cache import flat_states, layers_between, stack_states, states_of_criteria
 
 # %% auto #0
-__all__ = ['unit_length', 'length_chunks', 'collate_units', 'to_device', 'from_states', 'unit_logits', 'score']
+__all__ = ['unit_length', 'length_chunks', 'unit_tokens', 'token_batches', 'collate_units', 'to_device', 'from_states',
+           'unit_logits', 'score']
 
 # %% ../nbs/05e_scoring.ipynb #c590caa6
 def unit_length(unit) -> int:
@@ -23,6 +24,28 @@ def length_chunks(lengths, size:int=32) -> list:
     "Row indices grouped by length (longest first), at most `size` rows a group."
     order = torch.argsort(torch.as_tensor(lengths), descending=True, stable=True)
     return list(torch.split(order, size))
+
+# %% ../nbs/05e_scoring.ipynb #44f8c31b
+def unit_tokens(unit, pad_to:int|None=None) -> int:
+    "Tokens a unit costs in a batch (every sequence padded to `pad_to` when given)."
+    if isinstance(unit, list): return sum(max(len(s['input_ids']), pad_to or 0) for s in unit)
+    return max(len(unit['input_ids']), pad_to or 0)
+
+def token_batches(units:list,               # all units (sequences, or lists of sentence sequences)
+                  idx,                      # which of them to batch, in this order
+                  max_units:int,            # units per batch at most
+                  max_tokens:int|None=None, # tokens per batch at most, padding counted (None: no bound)
+                  pad_to:int|None=None,     # sequences padded to this many tokens (benchmarks)
+                 ) -> list:
+    "`idx` cut into consecutive batches bounded by `max_units` units and `max_tokens` tokens."
+    out, cur, widest, total = [], [], 0, 0
+    for i in (int(i) for i in idx):
+        n, seq = unit_tokens(units[i], pad_to), not isinstance(units[i], list)
+        cost = (len(cur) + 1) * max(widest, n) if seq else total + n
+        if cur and (len(cur) >= max_units or (max_tokens and cost > max_tokens)):
+            out.append(cur); cur, widest, total = [], 0, 0
+        cur.append(i); widest, total = max(widest, n), total + n
+    return out + [cur] if cur else out
 
 # %% ../nbs/05e_scoring.ipynb #0b8e90e9
 def collate_units(tokenizer, units:list, criteria:list|None=None, pad_to:int|None=None, chunk:int=32) -> dict:
@@ -70,6 +93,7 @@ def score(model,                 # a `CriteriaModel`
           criteria:list|None=None, # the criteria's description sequences (a head that compares sentences with them)
           states:list|None=None,   # cached frozen-layer states per unit (a list per unit for sentences) and `k`
           k:int=0,
+          max_tokens:int|None=None, # tokens per forward pass at most, padding counted (`train.eval_max_batch_tokens`)
          ) -> np.ndarray:
     "Probabilities per unit, in order: `[N]` for one output, `[N, criteria]` for a multi head."
     if not units: return np.zeros((0,) if model.n_out == 1 else (0, model.n_out))
@@ -78,8 +102,7 @@ def score(model,                 # a `CriteriaModel`
     was_training = model.training; model.eval()
     try:
         with torch.inference_mode():
-            for s in range(0, len(order), batch_size):
-                idx = order[s:s + batch_size]
+            for idx in token_batches(units, order, batch_size, max_tokens):
                 st = None if states is None else flat_states([states[i] for i in idx], criteria and states_of_criteria(states))
                 logits = unit_logits(model, collate_units(tokenizer, [units[i] for i in idx], criteria), precision, st, k)
                 out[idx] = torch.sigmoid(logits.float()).cpu().numpy()

@@ -12,11 +12,11 @@ from .prompt import CRITERION_COLUMN, PostEncoder, PromptEncoder, pair_inputs
 from .architecture import cache_kwarg, device_of, shared_forward
 from .model import autocast
 from .cache import UnitStates, flat_states, frozen_states
-from .scoring import collate_units, score, to_device, unit_length, unit_logits
+from .scoring import collate_units, score, to_device, token_batches, unit_length, unit_logits
 
 # %% auto #0
-__all__ = ['length_grouped_batches', 'class_weights', 'epoch_indices', 'Epoch', 'cache_units', 'Task', 'pair_task', 'post_task',
-           'SharedTask', 'shared_task', 'shares_prefix', 'make_task']
+__all__ = ['length_grouped_batches', 'class_weights', 'epoch_indices', 'Epoch', 'cache_units', 'token_budget', 'Task',
+           'pair_task', 'post_task', 'SharedTask', 'shared_task', 'shares_prefix', 'make_task']
 
 # %% ../nbs/06a_tasks.ipynb #6432c003
 def length_grouped_batches(lengths,             # token count of each pair
@@ -73,25 +73,33 @@ class Epoch:
         return int(self.active[group].sum())
 
 # %% ../nbs/06a_tasks.ipynb #651011cb
-def cache_units(model, tokenizer, units:list, criteria:list|None, k:int, batch_size:int=64, max_gb:float=2.0) -> UnitStates:
+def cache_units(model, tokenizer, units:list, criteria:list|None, k:int, batch_size:int=64, max_gb:float=2.0,
+                max_tokens:int|None=None) -> UnitStates:
     "The bottom `k` layers' output per unit (a list per unit of sentences) and per criterion sequence."
     big = sum(unit_length(u) for u in units) * model.config.hidden_size * 4 / 2**30 > max_gb
     keep = (lambda x: x.to(torch.bfloat16)) if big else (lambda x: x)
     states = UnitStates()
-    for s in range(0, len(units), batch_size):
-        chunk = units[s:s + batch_size]
+    for idx in token_batches(units, range(len(units)), batch_size, max_tokens):
+        chunk = [units[i] for i in idx]
         flat = iter(keep(x) for x in frozen_states(model, collate_units(tokenizer, chunk), k))
         states += [[next(flat) for _ in u] if isinstance(u, list) else next(flat) for u in chunk]
     if criteria: states.criteria = [keep(x) for x in frozen_states(model, collate_units(tokenizer, criteria), k)]
     return states
 
+# %% ../nbs/06a_tasks.ipynb #9cbaa576
+def token_budget(p) -> tuple:
+    "`(training, scoring)` tokens per batch at most (`train.max_batch_tokens`, `train.eval_max_batch_tokens`)."
+    return p.train.max_batch_tokens, p.train.eval_max_batch_tokens
+
 # %% ../nbs/06a_tasks.ipynb #3ccecc20
 class Task:
     "Units of one part of a fold, their labels `Y` and mask `M` [units, outputs], where each pair is, and cached states."
     def __init__(self, units:list, Y:np.ndarray, M:np.ndarray, rows:np.ndarray, cols:np.ndarray, tokenizer,
-                 criteria:list|None=None, states:UnitStates|None=None, k:int=0):
+                 criteria:list|None=None, states:UnitStates|None=None, k:int=0,
+                 budget:tuple=(None, None)):  # tokens per batch at most: (training, scoring); see `token_budget`
         self.units, self.Y, self.M, self.rows, self.cols = units, np.asarray(Y, float), np.asarray(M, float), rows, cols
         self.tok, self.criteria, self.states, self.k = tokenizer, criteria, states, k
+        self.train_tokens, self.eval_tokens = budget
 
     def __len__(self): return len(self.units)
 
@@ -111,7 +119,8 @@ class Task:
         "This task with the bottom `k` layers' output of every unit computed once (itself when `k` is 0)."
         if k <= 0: return self
         t = copy.copy(self)
-        t.states, t.k = cache_units(model, self.tok, self.units, self.criteria, k, batch_size, max_gb), k
+        t.states = cache_units(model, self.tok, self.units, self.criteria, k, batch_size, max_gb, self.eval_tokens)
+        t.k = k
         return t
 
     def epoch(self, T, seed:int) -> Epoch:
@@ -133,14 +142,16 @@ class Task:
 
     def score(self, model, batch_size:int=64, precision:str='no') -> np.ndarray:
         "P(match) of every pair of the part."
-        return self.pair_probs(score(model, self.tok, self.units, batch_size, precision, self.criteria, self.states, self.k))
+        return self.pair_probs(score(model, self.tok, self.units, batch_size, precision, self.criteria, self.states, self.k,
+                                     self.eval_tokens))
 
 # %% ../nbs/06a_tasks.ipynb #d47a9a78
 def pair_task(p, tokenizer, pairs:pd.DataFrame) -> Task:
     "The pair head's task: one prompt per pair."
     units = pair_inputs(PromptEncoder.from_params(tokenizer, p), pairs, p.prompt.criterion_text)
     n = len(pairs)
-    return Task(units, pairs.label.to_numpy()[:, None], np.ones((n, 1)), np.arange(n), np.zeros(n, dtype=int), tokenizer)
+    return Task(units, pairs.label.to_numpy()[:, None], np.ones((n, 1)), np.arange(n), np.zeros(n, dtype=int), tokenizer,
+                budget=token_budget(p))
 
 # %% ../nbs/06a_tasks.ipynb #31bfa6af
 def post_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, similarity:bool=False) -> Task:
@@ -155,13 +166,14 @@ def post_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, similarit
     Y, M = np.zeros((len(posts), len(col))), np.zeros((len(posts), len(col)))
     Y[rows, cols], M[rows, cols] = pairs.label.to_numpy(), 1
     crit = enc.encode_texts(criteria.description.tolist(), p.prompt.sentence_max_length) if similarity else None
-    return Task(enc.encode_posts(posts.text.tolist()), Y, M, rows, cols, tokenizer, crit)
+    return Task(enc.encode_posts(posts.text.tolist()), Y, M, rows, cols, tokenizer, crit, budget=token_budget(p))
 
 # %% ../nbs/06a_tasks.ipynb #ebfee260
 class SharedTask(Task):
     "The pair head on a decoder, one unit per post: the post's prompt start runs once for all its criteria."
-    def __init__(self, prefixes:list, suffixes:list, Y, M, rows, cols, tokenizer):
-        super().__init__([{'input_ids': x, 'attention_mask': [1] * len(x)} for x in prefixes], Y, M, rows, cols, tokenizer)
+    def __init__(self, prefixes:list, suffixes:list, Y, M, rows, cols, tokenizer, budget:tuple=(None, None)):
+        super().__init__([{'input_ids': x, 'attention_mask': [1] * len(x)} for x in prefixes], Y, M, rows, cols, tokenizer,
+                         budget=budget)
         self.suffixes = [{'input_ids': x, 'attention_mask': [1] * len(x)} for x in suffixes]
 
     def epoch(self, T, seed:int) -> Epoch:
@@ -196,8 +208,7 @@ class SharedTask(Task):
         try:
             with torch.inference_mode():
                 step = max(1, batch_size // max(1, self.M.shape[1]))
-                for s in range(0, len(order), step):
-                    idx = order[s:s + step].tolist()
+                for idx in token_batches(self.units, order, step, self.eval_tokens):
                     P[idx] = torch.sigmoid(self.logits(model, idx, precision).float()).cpu().numpy()
         finally: model.train(was)
         return self.pair_probs(P)
@@ -213,7 +224,7 @@ def shared_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame) -> Shar
     Y[rows, cols], M[rows, cols] = pairs.label.to_numpy(), 1
     texts = criteria[CRITERION_COLUMN[p.prompt.criterion_text]].astype(str).tolist()
     prefixes, suffixes = enc.encode_shared(posts.text.astype(str).tolist(), texts)
-    return SharedTask(prefixes, suffixes, Y, M, rows, cols, tokenizer)
+    return SharedTask(prefixes, suffixes, Y, M, rows, cols, tokenizer, token_budget(p))
 
 # %% ../nbs/06a_tasks.ipynb #120c9136
 def shares_prefix(p, model, note=print) -> bool:

@@ -17,6 +17,7 @@ from .prompt import CRITERION_COLUMN
 from .architecture import device_of
 from .model import build_model, resolve_precision
 from .cache import embeddings_module, frozen_layers, layer_list
+from .scoring import token_batches
 from .tasks import Epoch, Task, make_task, shares_prefix
 from .probe import probe_head
 
@@ -64,8 +65,7 @@ def train_step(model, group:list, task:Task, state:_StepState, weights:np.ndarra
     while True:
         try:
             loss_sum = 0.0
-            for s in range(0, len(group), state.micro):
-                mb = group[s:s + state.micro]
+            for mb in token_batches(task.units, group, state.micro, task.train_tokens, pad_to):
                 if on_micro_batch is not None: on_micro_batch(len(mb))
                 logits = task.logits(model, mb, precision, active, pad_to).float()
                 y = torch.as_tensor(task.Y[mb], dtype=torch.float32, device=dev)
