@@ -8,9 +8,10 @@ import argparse, json, logging, os, sys, warnings
 from .config import DEFAULT_MODEL_NAME, InputError, load_params
 
 # %% auto #0
-__all__ = ['store_overrides', 'default_store', 'cmd_data', 'say', 'cmd_cv', 'cmd_fold', 'cmd_aggregate', 'cmd_holdout',
-           'model_line', 'score_table', 'cmd_predict', 'cmd_screen', 'cmd_register', 'cmd_bench_train', 'cmd_bench',
-           'add_inference_commands', 'build_parser', 'main', 'console']
+__all__ = ['COMMANDS', 'store_overrides', 'default_store', 'say', 'command', 'build_parser', 'main', 'data_stats', 'cmd_data',
+           'add_data', 'cmd_cv', 'add_cv', 'cmd_fold', 'add_fold', 'cmd_aggregate', 'add_aggregate', 'cmd_holdout',
+           'add_holdout', 'model_line', 'score_table', 'cmd_predict', 'add_predict', 'cmd_screen', 'add_screen',
+           'cmd_register', 'add_register', 'cmd_bench_train', 'cmd_bench', 'add_bench', 'console']
 
 # %% ../nbs/14_cli.ipynb #e7a12bcd
 def store_overrides() -> list:
@@ -18,295 +19,34 @@ def store_overrides() -> list:
     uri = os.environ.get('MLFLOW_TRACKING_URI')
     return [f'tracking.uri={uri}'] if uri else []
 
+# %% ../nbs/14_cli.ipynb #0659969f
 def default_store() -> str:
     "The store for commands without a params file: `MLFLOW_TRACKING_URI`, else the project's default store."
     return os.environ.get('MLFLOW_TRACKING_URI') or load_params(None).tracking.uri
-
-# %% ../nbs/14_cli.ipynb #72524ba1
-def _tokenizer(p):
-    "The backbone's tokenizer, or None (with the reason) when it can't be had offline."
-    try:
-        from criteria_cls.model import load_tokenizer
-        return load_tokenizer(p), None
-    except ImportError as e: return None, f'model module unavailable ({e})'
-    except Exception as e: return None, str(e).splitlines()[0]
-
-def cmd_data(args) -> int:
-    "Validate the dataset that params describe; print its statistics."
-    from criteria_cls.data import load_table, table_stats, format_stats
-    from criteria_cls.splits import check_splittable
-    p = load_params(args.params, args.overrides)
-    out = {}
-    for which in ('path', 'test_path'):
-        if which == 'test_path' and not p.data.test_path: continue
-        t = load_table(p, which)
-        tok, why = (None, 'asked for words') if args.words else _tokenizer(p)
-        s = table_stats(t, tok)
-        if tok is None and not args.words: s['notes'].append(f'lengths in words: backbone tokenizer not loaded ({why})')
-        if which == 'path':
-            try: check_splittable(t, p.cv.folds); s['splittable'] = True
-            except InputError as e: s['splittable'] = False; s['notes'].append(f'cannot be split: {e}')
-        out['data' if which == 'path' else 'test'] = s
-    if args.json:
-        print(json.dumps(out if len(out) > 1 else out['data'], indent=1))
-        for s in out.values():
-            for n in s['notes']: print(f'warning: {n}', file=sys.stderr)
-    else: print('\n\n'.join(format_stats(s) for s in out.values()))   # the notes are in the report
-    return 0
 
 # %% ../nbs/14_cli.ipynb #52bf0999
 def say(*lines):
     "Print a message for the person at the terminal: on stderr, never between results."
     print(*lines, sep='\n', file=sys.stderr, flush=True)
 
-# %% ../nbs/14_cli.ipynb #e792a53a
-def cmd_cv(args) -> int:
-    "Cross-validate: parent run, one papermill notebook per fold, aggregation and reports."
-    from criteria_cls.pipeline import run_cv
-    if not args.params and not args.resume: raise InputError('give --params FILE, or --resume RUN_ID to finish an interrupted CV')
-    only = [int(x) for x in args.only_folds.split(',') if x.strip()] if args.only_folds is not None else None
-    overrides = [*store_overrides(), *args.overrides]
-    store = None
-    if args.resume: store = load_params(args.params, overrides).tracking.uri if args.params else default_store()
-    run_cv(None if args.resume else args.params, overrides, jobs=args.jobs, resume=args.resume, only_folds=only,
-           progress=not args.quiet, tracking_uri=store)
-    return 0
+# %% ../nbs/14_cli.ipynb #a52bc26d
+COMMANDS = {}   # subcommand name -> the function that adds its parser, in the order `--help` lists them
 
-def cmd_fold(args) -> int:
-    "Run one fold of an existing CV exactly as `cv` does (for schedulers)."
-    from criteria_cls.jobs import load_cv
-    from criteria_cls.pipeline import run_fold
-    cv = load_cv(args.parent_run_id, default_store())
-    say(f'fold {args.fold} of {cv.name}\nMLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
-    rid = run_fold(cv, args.fold, progress=not args.quiet, threads=args.threads)
-    print(json.dumps({'fold': args.fold, 'run_id': rid, 'parent_run_id': args.parent_run_id}))
-    return 0
-
-def cmd_aggregate(args) -> int:
-    "Aggregate a CV's finished folds into the summary and the report."
-    from criteria_cls.jobs import load_cv
-    from criteria_cls.pipeline import run_aggregate
-    cv = load_cv(args.run_id, default_store())
-    say(f'aggregating {cv.name}\nMLflow store: {cv.tracking_uri}\nreports: {cv.dir}')
-    print(f'report: {run_aggregate(cv, progress=not args.quiet)}')
-    return 0
-
-def cmd_holdout(args) -> int:
-    "Train on data.path, test on data.test_path: one notebook, one run, one report."
-    from criteria_cls.pipeline import run_holdout
-    run_holdout(args.params, [*store_overrides(), *args.overrides], progress=not args.quiet)
-    return 0
-
-# %% ../nbs/14_cli.ipynb #97c3c085
-def _quiet_libs():
-    "No download bars or 'weights newly initialized' reports between a command and its JSON."
-    warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing.*')
-    os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
-    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
-    for name in ('mlflow', 'alembic'): logging.getLogger(name).setLevel(logging.ERROR)
-
-def _predictor(args):
-    from criteria_cls.registry import load_predictor
-    _quiet_libs()
-    if str(args.model).startswith(('runs:/', 'models:/')): say(f'MLflow store: {default_store()}')
-    return load_predictor(args.model, default_store(), ensemble=getattr(args, 'ensemble', False))
-
-def _as_json(args) -> bool:
-    "JSON lines: with --json, or when stdout is not a terminal (piped, redirected)."
-    return getattr(args, 'json', False) or not sys.stdout.isatty()
-
-def model_line(pred, uri:str) -> str:
-    "One line naming the model: where it came from, what it is, its threshold."
-    m = pred.meta
-    what = {'ensemble': f"ensemble of {len(pred.scorers)} fold models", 'holdout': 'holdout model',
-            'fold': f"fold {m.get('fold')}"}.get(m.get('kind'), 'model folder')
-    return f"model {uri}: {m.get('backbone', '?')} + {m.get('peft', '?')}, {what}, threshold {pred.threshold:.2f}"
-
-def score_table(rows) -> str:
-    "Scored rows (criterion_id, name, probability, label, threshold) as a compact text table."
-    from criteria_cls.data import text_table
-    cols = {'criterion_id': 'criterion', 'name': 'name', 'probability': 'probability', 'decision': 'decision',
-            'threshold': 'threshold'}
-    return text_table([{**r, 'probability': f"{r['probability']:.3f}", 'threshold': f"{r['threshold']:.2f}",
-                        'decision': 'match' if r['label'] else 'no'} for r in rows], cols)
-
-def _print_scores(args, pred, rows:list):
-    "JSON lines (one per row, each naming the model) or, at a terminal, the model once and a table."
-    if _as_json(args):
-        for r in rows: print(json.dumps({**r, 'model': args.model}))
-    else: print(model_line(pred, args.model), score_table(rows), sep='\n')
-
-def cmd_predict(args) -> int:
-    "Score one (post, criterion) pair, or a .jsonl/.csv file of pairs into an output file."
-    if args.input or args.output:
-        if not (args.input and args.output):
-            raise InputError('--input and --output go together (e.g. --input pairs.jsonl --output scored.jsonl)')
-        if args.post or args.criterion or args.criterion_text: raise InputError('give --post/--criterion or --input/--output, not both')
-        from criteria_cls.infer import predict_file
-        if not os.path.exists(args.input): raise InputError(f"{args.input}: input file not found")
-        pred = _predictor(args)
-        r = predict_file(pred, args.input, args.output, args.batch_size, progress=False if args.quiet else None)
-        say(f"wrote {r['rows']} rows to {r['output']} ({r['positive']} labelled 1 at threshold {r['threshold']:.2f})")
-        return 0
-    if not args.post or not (args.criterion or args.criterion_text):
-        raise InputError('give --post TEXT and --criterion ID (or --criterion-text TEXT), or --input FILE --output FILE')
-    pred = _predictor(args)
-    row = {'post': args.post, 'criterion_id': args.criterion or 'custom',
-           **({'criterion': args.criterion_text} if args.criterion_text else {})}
-    r = pred.predict([row], where='--post/--criterion').iloc[0]
-    names = dict(zip(pred.criteria.criterion_id, pred.criteria.name))
-    name = names.get(r.criterion_id) if not args.criterion_text else args.criterion_text
-    out = {'criterion_id': r.criterion_id, 'probability': float(r.probability), 'label': int(r.label),
-           'threshold': float(r.threshold)}
-    if _as_json(args): print(json.dumps({**out, 'model': args.model}))
-    else: _print_scores(args, pred, [{**out, 'name': name or ''}])
-    return 0
-
-def cmd_screen(args) -> int:
-    "Score one post (--post, or stdin) against every criterion the model knows."
-    post = args.post
-    if post is None or post == '-':
-        if sys.stdin is None or sys.stdin.isatty():
-            raise InputError('give the post with --post TEXT or on stdin (criteria-cls screen --model URI < post.txt)')
-        post = sys.stdin.read()
-    if not post.strip(): raise InputError('the post is empty')
-    pred = _predictor(args)
-    rows = [{'criterion_id': r['criterion_id'], 'name': r['name'], 'probability': float(r['probability']),
-             'label': int(r['label']), 'threshold': float(r['threshold'])}
-            for r in pred.screen(post).to_dict('records')]
-    _print_scores(args, pred, rows)
-    return 0
-
-def cmd_register(args) -> int:
-    "Log a run's fold model(s) as an MLflow pyfunc model, register it and set the alias."
-    from criteria_cls.registry import register
-    _quiet_libs()
-    alias = None if (args.alias or '').lower() in ('', 'none') else args.alias
-    say(f'MLflow store (runs and registry): {default_store()}')
-    r = register(args.run_id, default_store(), args.name, alias, args.ensemble, log=say)
-    print(json.dumps({k: r[k] for k in ('name', 'version', 'alias', 'uri', 'model_uri', 'warning')}))
-    return 0
-
-def cmd_bench_train(args) -> int:
-    "Training speed for params: dynamic padding against padding to max_length (`criteria_cls.bench.bench_train`)."
-    from criteria_cls.bench import bench_train
-    from criteria_cls.data import load_table
-    if not args.params: raise InputError('bench train needs --params FILE')
-    from criteria_cls.bench import format_bench_train
-    p = load_params(args.params, [*args.overrides, *([f'train.threads={args.threads}'] if args.threads else [])])
-    t = load_table(p)
-    for n in t.notes: say(f'warning: {n}')
-    b = bench_train(p, t.pairs, n_pairs=args.n or 64, steps=args.steps, criteria=t.criteria, longest=args.longest)
-    print(json.dumps(b, default=float) if args.json else format_bench_train(b))
-    return 0
-
-def cmd_bench(args) -> int:
-    "Latency, throughput and screen time of a model on demo pairs (`bench train`: training speed)."
-    if args.target == 'train': return cmd_bench_train(args)
-    if not args.model: raise InputError('give --model URI (or `bench train --params FILE`)')
-    if args.overrides: raise InputError(f"unexpected arguments {' '.join(args.overrides)}: `bench --model` takes no params overrides")
-    from criteria_cls.bench import bench
-    import torch
-    if args.threads: torch.set_num_threads(args.threads)
-    pred = _predictor(args)
-    b = bench(pred, args.n or 200, args.posts, args.batch_size, log=(lambda m: None) if args.json else print)
-    if args.json: print(json.dumps(b))
-    return 0
-
-def add_inference_commands(sub):
-    "Add predict, screen, register and bench to the subcommand parsers."
-    def model_arg(sp, required=True):
-        sp.add_argument('--model', required=required, metavar='URI', help='runs:/<run_id>, models:/<name>@<alias> or a model folder')
-        sp.add_argument('--ensemble', action='store_true',
-                        help='a CV parent run: average all fold models (median threshold) instead of the best fold')
-    sp = sub.add_parser('predict', help='score (post, criterion) pairs: one on the command line, or a .jsonl/.csv file')
-    model_arg(sp)
-    sp.add_argument('--post', help='the post text')
-    sp.add_argument('--criterion', metavar='ID', help='a criterion id the model knows (e.g. A1)')
-    sp.add_argument('--criterion-text', metavar='TEXT', help='any criterion text instead of an id')
-    sp.add_argument('--input', metavar='FILE', help='.jsonl or .csv with post and criterion_id (or criterion) per row')
-    sp.add_argument('--output', metavar='FILE', help='.jsonl (or .csv) to write; written whole or not at all')
-    sp.add_argument('--batch-size', type=int, help='pairs per forward pass (default: train.eval_batch_size)')
-    sp.add_argument('--quiet', action='store_true', help='no progress bar')
-    sp.add_argument('--json', action='store_true', help='JSON lines even at a terminal (the default when piped)')
-    sp.set_defaults(func=cmd_predict)
-
-    sp = sub.add_parser('screen', help='score one post against every criterion (post from --post or stdin)')
-    model_arg(sp)
-    sp.add_argument('--post', help="the post text ('-' or absent: read stdin)")
-    sp.add_argument('--json', action='store_true', help='JSON lines even at a terminal (the default when piped)')
-    sp.set_defaults(func=cmd_screen)
-
-    sp = sub.add_parser('register', help='register a run\'s model in the MLflow Model Registry (pyfunc) and set an alias')
-    sp.add_argument('--run-id', required=True, help='a fold or holdout run, or a CV parent run (its best fold, or --ensemble)')
-    sp.add_argument('--name', default=DEFAULT_MODEL_NAME, help=f'registered model name (default {DEFAULT_MODEL_NAME})')
-    sp.add_argument('--alias', default='champion', help="alias for the new version (default champion; 'none' for no alias)")
-    sp.add_argument('--ensemble', action='store_true', help='a CV parent run: register all fold models as one ensemble')
-    sp.add_argument('--json', action='store_true', help='accepted for symmetry: the result is always JSON on stdout')
-    sp.set_defaults(func=cmd_register)
-
-    sp = sub.add_parser('bench', help='inference latency, throughput and screen time on demo pairs (bench train: training speed)')
-    sp.add_argument('target', nargs='?', choices=['train'], help='train: benchmark training instead (with --params)')
-    model_arg(sp, required=False)
-    sp.add_argument('--params', help='bench train: params YAML file')
-    sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='bench train: params overrides')
-    sp.add_argument('--n', type=int, help='demo pairs for latency and throughput (default 200; bench train: pairs, default 64)')
-    sp.add_argument('--steps', type=int, default=4, help='bench train: timed optimizer steps per setting')
-    sp.add_argument('--longest', action='store_true', help='bench train: every pair of the longest posts (instead of a random draw)')
-    sp.add_argument('--posts', type=int, default=10, help='posts to screen (default 10)')
-    sp.add_argument('--batch-size', type=int, help='batch size for throughput (default: train.eval_batch_size)')
-    sp.add_argument('--threads', type=int, help='torch threads')
-    sp.add_argument('--json', action='store_true', help='print the results as JSON')
-    sp.set_defaults(func=cmd_bench)
+def command(add):
+    "Register `add_<name>(sub)`, which adds the subcommand `<name>` to the subparsers `sub`."
+    COMMANDS[add.__name__.removeprefix('add_')] = add
+    return add
 
 # %% ../nbs/14_cli.ipynb #c67dea38
-def _params_args(sp):
-    sp.add_argument('--params', required=True, help='params YAML file (see params/)')
-    sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='override params, e.g. train.lr=1e-4')
-
 def build_parser() -> argparse.ArgumentParser:
-    "The `criteria-cls` argument parser."
-    ap = argparse.ArgumentParser(prog='criteria-cls', description='Fine-tune and evaluate (post, criterion) classifiers.')
+    "The `criteria-cls` argument parser: one subcommand per registered `add_*` function."
+    ap = argparse.ArgumentParser(prog='criteria-cls',
+                                 description='Fine-tune and evaluate (post, criterion) classifiers.')
     sub = ap.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    sp = sub.add_parser('data', help='validate a dataset and print its statistics')
-    _params_args(sp)
-    sp.add_argument('--json', action='store_true', help='print JSON')
-    sp.add_argument('--words', action='store_true', help='measure lengths in words (do not load the tokenizer)')
-    sp.set_defaults(func=cmd_data)
-
-    sp = sub.add_parser('cv', help='cross-validate: a notebook and MLflow child run per fold, then the aggregation report')
-    sp.add_argument('--params', help='params YAML file (see params/)')
-    sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='override params, e.g. train.lr=1e-4')
-    sp.add_argument('--jobs', type=int, default=1, help='folds to run side by side (cores are split between them)')
-    sp.add_argument('--resume', metavar='RUN_ID',
-                    help='finish the CV of this parent run: run the folds that did not finish, then aggregate')
-    sp.add_argument('--only-folds', metavar='K[,K...]',
-                    help='run only these folds now (empty: none, just set up the CV); finish later with --resume or `fold`')
-    sp.add_argument('--quiet', action='store_true', help='no progress bars')
-    sp.set_defaults(func=cmd_cv)
-
-    sp = sub.add_parser('fold', help='run one fold of an existing CV (for schedulers: SLURM arrays, other machines)')
-    sp.add_argument('--parent-run-id', required=True, help='the CV parent run (printed by `cv`)')
-    sp.add_argument('--fold', type=int, required=True)
-    sp.add_argument('--threads', type=int, help='torch threads for this fold')
-    sp.add_argument('--quiet', action='store_true')
-    sp.add_argument('--json', action='store_true', help='accepted for symmetry: the result is always JSON on stdout')
-    sp.set_defaults(func=cmd_fold)
-
-    sp = sub.add_parser('aggregate', help='aggregate the finished folds of a CV into its summary and report')
-    sp.add_argument('--run-id', required=True, help='the CV parent run')
-    sp.add_argument('--quiet', action='store_true')
-    sp.set_defaults(func=cmd_aggregate)
-
-    sp = sub.add_parser('holdout', help='train on data.path, test on data.test_path')
-    _params_args(sp)
-    sp.add_argument('--quiet', action='store_true')
-    sp.set_defaults(func=cmd_holdout)
-    add_inference_commands(sub)
+    for add in COMMANDS.values(): add(sub)
     return ap
 
+# %% ../nbs/14_cli.ipynb #f8369ab9
 def main(argv=None) -> int:
     "Entry point of `criteria-cls`: exit 0 on success, 2 on bad input (message, no traceback)."
     ap = build_parser()
@@ -324,6 +64,344 @@ def main(argv=None) -> int:
         print(f'criteria-cls {args.command}: interrupted', file=sys.stderr)
         return 130
 
+# %% ../nbs/14_cli.ipynb #72524ba1
+def _tokenizer(p):
+    "The backbone's tokenizer, or None (with the reason) when it can't be had offline."
+    try:
+        from criteria_cls.model import load_tokenizer
+        return load_tokenizer(p), None
+    except ImportError as e: return None, f'model module unavailable ({e})'
+    except Exception as e: return None, str(e).splitlines()[0]
+
+# %% ../nbs/14_cli.ipynb #26bfe874
+def data_stats(p, words:bool=False) -> dict:
+    "Statistics of `data.path` (`data`, with whether it splits into `cv.folds` folds) and `data.test_path` (`test`)."
+    from criteria_cls.data import load_table, table_stats
+    from criteria_cls.splits import check_splittable
+    out = {}
+    for which in ('path', 'test_path'):
+        if which == 'test_path' and not p.data.test_path: continue
+        t = load_table(p, which)
+        tok, why = (None, 'asked for words') if words else _tokenizer(p)
+        s = table_stats(t, tok)
+        if tok is None and not words: s['notes'].append(f'lengths in words: backbone tokenizer not loaded ({why})')
+        if which == 'path':
+            try: check_splittable(t, p.cv.folds); s['splittable'] = True
+            except InputError as e: s['splittable'] = False; s['notes'].append(f'cannot be split: {e}')
+        out['data' if which == 'path' else 'test'] = s
+    return out
+
+# %% ../nbs/14_cli.ipynb #31d629f2
+def cmd_data(args) -> int:
+    "Validate the dataset that params describe; print its statistics."
+    from criteria_cls.data import format_stats
+    out = data_stats(load_params(args.params, args.overrides), args.words)
+    if args.json:
+        print(json.dumps(out if len(out) > 1 else out['data'], indent=1))
+        for s in out.values():
+            for n in s['notes']: print(f'warning: {n}', file=sys.stderr)
+    else: print('\n\n'.join(format_stats(s) for s in out.values()))   # the notes are in the report
+    return 0
+
+# %% ../nbs/14_cli.ipynb #3dc2aabd
+def _params_args(sp):
+    sp.add_argument('--params', required=True, help='params YAML file (see params/)')
+    sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='override params, e.g. train.lr=1e-4')
+
+# %% ../nbs/14_cli.ipynb #01e7baa4
+@command
+def add_data(sub):
+    sp = sub.add_parser('data', help='validate a dataset and print its statistics')
+    _params_args(sp)
+    sp.add_argument('--json', action='store_true', help='print JSON')
+    sp.add_argument('--words', action='store_true', help='measure lengths in words (do not load the tokenizer)')
+    sp.set_defaults(func=cmd_data)
+
+# %% ../nbs/14_cli.ipynb #e792a53a
+def cmd_cv(args) -> int:
+    "Cross-validate: parent run, one papermill notebook per fold, aggregation and reports."
+    from criteria_cls.pipeline import run_cv
+    if not args.params and not args.resume:
+        raise InputError('give --params FILE, or --resume RUN_ID to finish an interrupted CV')
+    only = [int(x) for x in args.only_folds.split(',') if x.strip()] if args.only_folds is not None else None
+    overrides = [*store_overrides(), *args.overrides]
+    store = None
+    if args.resume: store = load_params(args.params, overrides).tracking.uri if args.params else default_store()
+    run_cv(None if args.resume else args.params, overrides, jobs=args.jobs, resume=args.resume, only_folds=only,
+           progress=not args.quiet, tracking_uri=store)
+    return 0
+
+# %% ../nbs/14_cli.ipynb #d51dae40
+@command
+def add_cv(sub):
+    sp = sub.add_parser('cv',
+                        help='cross-validate: a notebook and MLflow child run per fold, then the aggregation report')
+    sp.add_argument('--params', help='params YAML file (see params/)')
+    sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='override params, e.g. train.lr=1e-4')
+    sp.add_argument('--jobs', type=int, default=1, help='folds to run side by side (cores are split between them)')
+    sp.add_argument('--resume', metavar='RUN_ID',
+                    help='finish the CV of this parent run: run the folds that did not finish, then aggregate')
+    sp.add_argument('--only-folds', metavar='K[,K...]',
+                    help='run only these folds now (empty: none, just set up the CV); '
+                         'finish later with --resume or `fold`')
+    sp.add_argument('--quiet', action='store_true', help='no progress bars')
+    sp.set_defaults(func=cmd_cv)
+
+# %% ../nbs/14_cli.ipynb #e54ebdd9
+def cmd_fold(args) -> int:
+    "Run one fold of an existing CV exactly as `cv` does (for schedulers)."
+    from criteria_cls.jobs import load_cv
+    from criteria_cls.pipeline import run_fold
+    cv = load_cv(args.parent_run_id, default_store())
+    say(f'fold {args.fold} of {cv.name}\nMLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
+    rid = run_fold(cv, args.fold, progress=not args.quiet, threads=args.threads)
+    print(json.dumps({'fold': args.fold, 'run_id': rid, 'parent_run_id': args.parent_run_id}))
+    return 0
+
+# %% ../nbs/14_cli.ipynb #62e8dca7
+@command
+def add_fold(sub):
+    sp = sub.add_parser('fold', help='run one fold of an existing CV (for schedulers: SLURM arrays, other machines)')
+    sp.add_argument('--parent-run-id', required=True, help='the CV parent run (printed by `cv`)')
+    sp.add_argument('--fold', type=int, required=True)
+    sp.add_argument('--threads', type=int, help='torch threads for this fold')
+    sp.add_argument('--quiet', action='store_true')
+    sp.add_argument('--json', action='store_true', help='accepted for symmetry: the result is always JSON on stdout')
+    sp.set_defaults(func=cmd_fold)
+
+# %% ../nbs/14_cli.ipynb #2e9b44f4
+def cmd_aggregate(args) -> int:
+    "Aggregate a CV's finished folds into the summary and the report."
+    from criteria_cls.jobs import load_cv
+    from criteria_cls.pipeline import run_aggregate
+    cv = load_cv(args.run_id, default_store())
+    say(f'aggregating {cv.name}\nMLflow store: {cv.tracking_uri}\nreports: {cv.dir}')
+    print(f'report: {run_aggregate(cv, progress=not args.quiet)}')
+    return 0
+
+# %% ../nbs/14_cli.ipynb #a675dc2e
+@command
+def add_aggregate(sub):
+    sp = sub.add_parser('aggregate', help='aggregate the finished folds of a CV into its summary and report')
+    sp.add_argument('--run-id', required=True, help='the CV parent run')
+    sp.add_argument('--quiet', action='store_true')
+    sp.set_defaults(func=cmd_aggregate)
+
+# %% ../nbs/14_cli.ipynb #6920d65a
+def cmd_holdout(args) -> int:
+    "Train on data.path, test on data.test_path: one notebook, one run, one report."
+    from criteria_cls.pipeline import run_holdout
+    run_holdout(args.params, [*store_overrides(), *args.overrides], progress=not args.quiet)
+    return 0
+
+# %% ../nbs/14_cli.ipynb #8dca4271
+@command
+def add_holdout(sub):
+    sp = sub.add_parser('holdout', help='train on data.path, test on data.test_path')
+    _params_args(sp)
+    sp.add_argument('--quiet', action='store_true')
+    sp.set_defaults(func=cmd_holdout)
+
+# %% ../nbs/14_cli.ipynb #97c3c085
+def _quiet_libs():
+    "No download bars or 'weights newly initialized' reports between a command and its JSON."
+    warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing.*')
+    os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
+    for name in ('mlflow', 'alembic'): logging.getLogger(name).setLevel(logging.ERROR)
+
+# %% ../nbs/14_cli.ipynb #593a6bbf
+def _predictor(args):
+    from criteria_cls.registry import load_predictor
+    _quiet_libs()
+    if str(args.model).startswith(('runs:/', 'models:/')): say(f'MLflow store: {default_store()}')
+    return load_predictor(args.model, default_store(), ensemble=getattr(args, 'ensemble', False))
+
+# %% ../nbs/14_cli.ipynb #6141b3d0
+def model_line(pred, uri:str) -> str:
+    "One line naming the model: where it came from, what it is, its threshold."
+    m = pred.meta
+    what = {'ensemble': f"ensemble of {len(pred.scorers)} fold models", 'holdout': 'holdout model',
+            'fold': f"fold {m.get('fold')}"}.get(m.get('kind'), 'model folder')
+    return f"model {uri}: {m.get('backbone', '?')} + {m.get('peft', '?')}, {what}, threshold {pred.threshold:.2f}"
+
+# %% ../nbs/14_cli.ipynb #5a05c81f
+def score_table(rows) -> str:
+    "Scored rows (criterion_id, name, probability, label, threshold) as a compact text table."
+    from criteria_cls.data import text_table
+    cols = {'criterion_id': 'criterion', 'name': 'name', 'probability': 'probability', 'decision': 'decision',
+            'threshold': 'threshold'}
+    return text_table([{**r, 'probability': f"{r['probability']:.3f}", 'threshold': f"{r['threshold']:.2f}",
+                        'decision': 'match' if r['label'] else 'no'} for r in rows], cols)
+
+# %% ../nbs/14_cli.ipynb #1683c01c
+def _as_json(args) -> bool:
+    "JSON lines: with --json, or when stdout is not a terminal (piped, redirected)."
+    return getattr(args, 'json', False) or not sys.stdout.isatty()
+
+def _print_scores(args, pred, rows:list):
+    "JSON lines (one per row, each naming the model) or, at a terminal, the model once and a table."
+    if _as_json(args):
+        for r in rows: print(json.dumps({**r, 'model': args.model}))
+    else: print(model_line(pred, args.model), score_table(rows), sep='\n')
+
+# %% ../nbs/14_cli.ipynb #e0eeabbf
+def _predict_file(args) -> int:
+    "Score the pairs of `--input` into `--output`; a summary on stderr."
+    if not (args.input and args.output):
+        raise InputError('--input and --output go together (e.g. --input pairs.jsonl --output scored.jsonl)')
+    if args.post or args.criterion or args.criterion_text:
+        raise InputError('give --post/--criterion or --input/--output, not both')
+    from criteria_cls.infer import predict_file
+    if not os.path.exists(args.input): raise InputError(f"{args.input}: input file not found")
+    pred = _predictor(args)
+    r = predict_file(pred, args.input, args.output, args.batch_size, progress=False if args.quiet else None)
+    say(f"wrote {r['rows']} rows to {r['output']} ({r['positive']} labelled 1 at threshold {r['threshold']:.2f})")
+    return 0
+
+# %% ../nbs/14_cli.ipynb #0c9df1e4
+def cmd_predict(args) -> int:
+    "Score one (post, criterion) pair, or a .jsonl/.csv file of pairs into an output file."
+    if args.input or args.output: return _predict_file(args)
+    if not args.post or not (args.criterion or args.criterion_text):
+        raise InputError('give --post TEXT and --criterion ID (or --criterion-text TEXT), '
+                         'or --input FILE --output FILE')
+    pred = _predictor(args)
+    row = {'post': args.post, 'criterion_id': args.criterion or 'custom',
+           **({'criterion': args.criterion_text} if args.criterion_text else {})}
+    r = pred.predict([row], where='--post/--criterion').iloc[0]
+    names = dict(zip(pred.criteria.criterion_id, pred.criteria.name))
+    name = names.get(r.criterion_id) if not args.criterion_text else args.criterion_text
+    out = {'criterion_id': r.criterion_id, 'probability': float(r.probability), 'label': int(r.label),
+           'threshold': float(r.threshold)}
+    if _as_json(args): print(json.dumps({**out, 'model': args.model}))
+    else: _print_scores(args, pred, [{**out, 'name': name or ''}])
+    return 0
+
+# %% ../nbs/14_cli.ipynb #5cb66962
+def _model_args(sp, required=True):
+    sp.add_argument('--model', required=required, metavar='URI',
+                    help='runs:/<run_id>, models:/<name>@<alias> or a model folder')
+    sp.add_argument('--ensemble', action='store_true',
+                    help='a CV parent run: average all fold models (median threshold) instead of the best fold')
+
+# %% ../nbs/14_cli.ipynb #e4d58a63
+@command
+def add_predict(sub):
+    sp = sub.add_parser('predict', help='score (post, criterion) pairs: one on the command line, or a .jsonl/.csv file')
+    _model_args(sp)
+    sp.add_argument('--post', help='the post text')
+    sp.add_argument('--criterion', metavar='ID', help='a criterion id the model knows (e.g. A1)')
+    sp.add_argument('--criterion-text', metavar='TEXT', help='any criterion text instead of an id')
+    sp.add_argument('--input', metavar='FILE', help='.jsonl or .csv with post and criterion_id (or criterion) per row')
+    sp.add_argument('--output', metavar='FILE', help='.jsonl (or .csv) to write; written whole or not at all')
+    sp.add_argument('--batch-size', type=int, help='pairs per forward pass (default: train.eval_batch_size)')
+    sp.add_argument('--quiet', action='store_true', help='no progress bar')
+    sp.add_argument('--json', action='store_true', help='JSON lines even at a terminal (the default when piped)')
+    sp.set_defaults(func=cmd_predict)
+
+# %% ../nbs/14_cli.ipynb #abf08799
+def cmd_screen(args) -> int:
+    "Score one post (--post, or stdin) against every criterion the model knows."
+    post = args.post
+    if post is None or post == '-':
+        if sys.stdin is None or sys.stdin.isatty():
+            raise InputError('give the post with --post TEXT or on stdin (criteria-cls screen --model URI < post.txt)')
+        post = sys.stdin.read()
+    if not post.strip(): raise InputError('the post is empty')
+    pred = _predictor(args)
+    rows = [{'criterion_id': r['criterion_id'], 'name': r['name'], 'probability': float(r['probability']),
+             'label': int(r['label']), 'threshold': float(r['threshold'])}
+            for r in pred.screen(post).to_dict('records')]
+    _print_scores(args, pred, rows)
+    return 0
+
+# %% ../nbs/14_cli.ipynb #d6f12711
+@command
+def add_screen(sub):
+    sp = sub.add_parser('screen', help='score one post against every criterion (post from --post or stdin)')
+    _model_args(sp)
+    sp.add_argument('--post', help="the post text ('-' or absent: read stdin)")
+    sp.add_argument('--json', action='store_true', help='JSON lines even at a terminal (the default when piped)')
+    sp.set_defaults(func=cmd_screen)
+
+# %% ../nbs/14_cli.ipynb #70395eee
+def cmd_register(args) -> int:
+    "Log a run's fold model(s) as an MLflow pyfunc model, register it and set the alias."
+    from criteria_cls.registry import register
+    _quiet_libs()
+    alias = None if (args.alias or '').lower() in ('', 'none') else args.alias
+    say(f'MLflow store (runs and registry): {default_store()}')
+    r = register(args.run_id, default_store(), args.name, alias, args.ensemble, log=say)
+    print(json.dumps({k: r[k] for k in ('name', 'version', 'alias', 'uri', 'model_uri', 'warning')}))
+    return 0
+
+# %% ../nbs/14_cli.ipynb #1fbfe370
+@command
+def add_register(sub):
+    sp = sub.add_parser('register',
+                        help='register a run\'s model in the MLflow Model Registry (pyfunc) and set an alias')
+    sp.add_argument('--run-id', required=True,
+                    help='a fold or holdout run, or a CV parent run (its best fold, or --ensemble)')
+    sp.add_argument('--name', default=DEFAULT_MODEL_NAME, help=f'registered model name (default {DEFAULT_MODEL_NAME})')
+    sp.add_argument('--alias', default='champion',
+                    help="alias for the new version (default champion; 'none' for no alias)")
+    sp.add_argument('--ensemble', action='store_true', help='a CV parent run: register all fold models as one ensemble')
+    sp.add_argument('--json', action='store_true', help='accepted for symmetry: the result is always JSON on stdout')
+    sp.set_defaults(func=cmd_register)
+
+# %% ../nbs/14_cli.ipynb #8330db8d
+def cmd_bench_train(args) -> int:
+    "Training speed for params: dynamic padding against padding to max_length (`criteria_cls.bench.bench_train`)."
+    from criteria_cls.bench import bench_train
+    from criteria_cls.data import load_table
+    if not args.params: raise InputError('bench train needs --params FILE')
+    from criteria_cls.bench import format_bench_train
+    p = load_params(args.params, [*args.overrides, *([f'train.threads={args.threads}'] if args.threads else [])])
+    t = load_table(p)
+    for n in t.notes: say(f'warning: {n}')
+    b = bench_train(p, t.pairs, n_pairs=args.n or 64, steps=args.steps, criteria=t.criteria, longest=args.longest)
+    print(json.dumps(b, default=float) if args.json else format_bench_train(b))
+    return 0
+
+# %% ../nbs/14_cli.ipynb #2483d396
+def cmd_bench(args) -> int:
+    "Latency, throughput and screen time of a model on demo pairs (`bench train`: training speed)."
+    if args.target == 'train': return cmd_bench_train(args)
+    if not args.model: raise InputError('give --model URI (or `bench train --params FILE`)')
+    if args.overrides:
+        raise InputError(f"unexpected arguments {' '.join(args.overrides)}: `bench --model` takes no params overrides")
+    from criteria_cls.bench import bench
+    import torch
+    if args.threads: torch.set_num_threads(args.threads)
+    pred = _predictor(args)
+    b = bench(pred, args.n or 200, args.posts, args.batch_size, log=(lambda m: None) if args.json else print)
+    if args.json: print(json.dumps(b))
+    return 0
+
+# %% ../nbs/14_cli.ipynb #7fd68905
+@command
+def add_bench(sub):
+    sp = sub.add_parser(
+        'bench', help='inference latency, throughput and screen time on demo pairs (bench train: training speed)')
+    sp.add_argument('target', nargs='?', choices=['train'], help='train: benchmark training instead (with --params)')
+    _model_args(sp, required=False)
+    sp.add_argument('--params', help='bench train: params YAML file')
+    sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='bench train: params overrides')
+    sp.add_argument('--n', type=int,
+                    help='demo pairs for latency and throughput (default 200; bench train: pairs, default 64)')
+    sp.add_argument('--steps', type=int, default=4, help='bench train: timed optimizer steps per setting')
+    sp.add_argument('--longest', action='store_true',
+                    help='bench train: every pair of the longest posts (instead of a random draw)')
+    sp.add_argument('--posts', type=int, default=10, help='posts to screen (default 10)')
+    sp.add_argument('--batch-size', type=int, help='batch size for throughput (default: train.eval_batch_size)')
+    sp.add_argument('--threads', type=int, help='torch threads')
+    sp.add_argument('--json', action='store_true', help='print the results as JSON')
+    sp.set_defaults(func=cmd_bench)
+
+# %% ../nbs/14_cli.ipynb #b5ed1237
 def console() -> None:
     "Console-script wrapper."
     sys.exit(main())

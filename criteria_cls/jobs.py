@@ -27,6 +27,7 @@ def run_name(p) -> str:
     b = Path(p.model.backbone).name.replace('.gguf', '').replace('/', '-')
     return f"{b}-{p.model.peft}-{params_hash(p, n=6)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
+# %% ../nbs/12_jobs.ipynb #d757a7bc
 def run_dir(p, name:str) -> Path:
     "`<report.dir>/<experiment>/<name>/` (made if missing)."
     d = Path(p.report.dir) / p.experiment / name
@@ -46,6 +47,7 @@ class CVRun:
     tracking_uri: str
     data_notes: list = field(default_factory=list)   # what loading the data noticed (`PairTable.notes`)
 
+# %% ../nbs/12_jobs.ipynb #5914de26
 def load_cv(parent_id:str, tracking_uri:str) -> CVRun:
     "Reopen a CV (or holdout) from its parent run id: params and folds from the run's artifacts."
     client = tracking.get_client(tracking_uri)
@@ -96,12 +98,15 @@ def log_fold(client, run_id:str, result:FoldResult, fold:int) -> tuple:
     epochs = sum(1 for h in result.history if h['epoch'] > 0)    # epoch 0 is the probe (no fine-tuning)
     tracking.log_metrics(client, run_id, {**{f'test_{a}': b for a, b in m.items()}, 'best_epoch': result.best_epoch,
                                           'epochs_run': epochs, 'optimizer_steps': result.optimizer_steps,
-                                          'units_trained': result.units_trained, 'train_units_per_s': result.train_units_per_s,
+                                          'units_trained': result.units_trained,
+                                          'train_units_per_s': result.train_units_per_s,
                                           **{f'time_{a}': b for a, b in result.timings.items()}})
     # what ran, where the params only say what was asked (`auto`): the autocast mode, the frozen layers cached
-    tracking.log_params(client, run_id, {'ran': {'precision': result.precision, 'frozen_layers_cached': result.frozen_layers_cached}})
+    ran = {'precision': result.precision, 'frozen_layers_cached': result.frozen_layers_cached}
+    tracking.log_params(client, run_id, {'ran': ran})
     tracking.log_frame(client, run_id, test, 'test_predictions')
-    tracking.log_frame(client, run_id, result.dev_predictions.assign(threshold=result.threshold, fold=fold), 'dev_predictions')
+    tracking.log_frame(client, run_id, result.dev_predictions.assign(threshold=result.threshold, fold=fold),
+                       'dev_predictions')
     tracking.log_frame(client, run_id, pd.DataFrame(result.history), 'history')
     return test, m
 
@@ -118,6 +123,7 @@ class FoldOutcome:
     names: dict
     out_dir: Path
 
+# %% ../nbs/12_jobs.ipynb #4fb989f6
 def fold_job(run_id:str,                  # the fold's (or holdout's) child run
              tracking_uri:str,            # the store it is in
              output_dir:str|Path|None=None, # where the model folder and predictions go (default: the run's folder)
@@ -141,8 +147,9 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     test, m = log_fold(client, run_id, result, k)
     stem = f'fold_{k}' if run.data.tags.get('kind') == 'fold' else 'holdout'
     test.to_csv(out / f'{stem}_test_predictions.csv', index=False)
-    model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold, result.criteria,
-                                {'fold': k, 'run_id': run_id, 'best_epoch': result.best_epoch, 'test_f1': m['f1']})
+    model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold,
+                                result.criteria, {'fold': k, 'run_id': run_id, 'best_epoch': result.best_epoch,
+                                                  'test_f1': m['f1']})
     tracking.log_artifact(client, run_id, model_dir, 'model')
     t1 = time.perf_counter()
     result.timings.update(log_s=t1 - tl, job_s=t1 - t0)
@@ -186,10 +193,12 @@ def always_yes_f1(p:float) -> float:
     "F1 of answering yes to every pair when a share `p` of them is positive: precision p, recall 1, so 2p/(1+p)."
     return 2 * p / (1 + p) if p > 0 else 0.0
 
+# %% ../nbs/12_jobs.ipynb #2b27e099
 def _r4(v):
     "Rounded to 4 decimals for the summary (None for missing or non-finite values)."
     return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else round(float(v), 4)
 
+# %% ../nbs/12_jobs.ipynb #8446577a
 @dataclass
 class CVSummary:
     "The pooled numbers of a CV: `doc` is `summary.json`; the rest unrounded, for logging and the report."
@@ -198,30 +207,38 @@ class CVSummary:
     ci: dict
     baseline_ci: dict
 
-def cv_summary(preds:pd.DataFrame,      # pooled out-of-fold test predictions (post_id, criterion_id, label, prob, threshold, fold)
+# %% ../nbs/12_jobs.ipynb #bd3155a8
+def _criterion_doc(per:pd.DataFrame, base_per:pd.DataFrame, rate:dict, names:dict) -> dict:
+    "`summary.json`'s `per_criterion`: F1 and friends, support, the baseline's F1 and the trivial references."
+    return {c: {'name': names.get(c, c), **{a: _r4(per.loc[c, a]) for a in ('f1', 'precision', 'recall', 'roc_auc')},
+                'support': int(per.loc[c, 'support']), 'tfidf_f1': _r4(base_per.f1.get(c)),
+                'positive_rate': _r4(rate[c]), 'always_yes_f1': _r4(always_yes_f1(rate[c]))} for c in per.index}
+
+# %% ../nbs/12_jobs.ipynb #e197b626
+def cv_summary(preds:pd.DataFrame,      # pooled out-of-fold test predictions: post_id, criterion_id, label, prob,
+                                        # threshold, fold
                folds:pd.DataFrame,      # `fold_table`
                baseline:pd.DataFrame,   # the TF-IDF baseline's out-of-fold predictions, same columns
                names:dict,              # criterion_id → name
                run:dict,                # run, parent_run_id, experiment, backbone, peft, data_hash, split_hash
                n_boot:int=1000, seed:int=42) -> CVSummary:
-    "Pooled metrics with bootstrap CIs, the spread over folds, per criterion, the baseline and the trivial references: a pure function."
+    "Pooled metrics with bootstrap CIs, spread over folds, per criterion, baseline, trivial references (pure)."
     per, base_per = criterion_table(preds), criterion_table(baseline)
     rate = preds.groupby('criterion_id').label.mean().to_dict()
     rate = {c: rate.get(c, preds.label.mean()) for c in per.index}    # criterion_table's pooled row: every pair
     ci = {a: bootstrap_ci(preds, a, n=n_boot, seed=seed) for a in CI_METRICS}
     base_ci = bootstrap_ci(baseline, 'f1', n=n_boot, seed=seed)
     best = folds.loc[folds.f1.idxmax()]
+    spread = lambda x: {'mean': _r4(x.mean()), 'std': _r4(x.std(ddof=1)), 'min': _r4(x.min()), 'max': _r4(x.max())}
     doc = {
         **run, 'folds': run.get('folds', len(folds)),
         'pooled_oof': {a: {k: _r4(c[k]) for k in ('value', 'low', 'high')} for a, c in ci.items()},
-        'across_folds': {a: {'mean': _r4(folds[a].mean()), 'std': _r4(folds[a].std(ddof=1)), 'min': _r4(folds[a].min()),
-                             'max': _r4(folds[a].max())} for a in METRICS},
+        'across_folds': {a: spread(folds[a]) for a in METRICS},
         'best_fold': {'fold': int(best.fold), 'f1': _r4(best.f1), 'run_id': best.run_id},
-        'per_criterion': {c: {'name': names.get(c, c), **{a: _r4(per.loc[c, a]) for a in ('f1', 'precision', 'recall', 'roc_auc')},
-                              'support': int(per.loc[c, 'support']), 'tfidf_f1': _r4(base_per.f1.get(c)),
-                              'positive_rate': _r4(rate[c]), 'always_yes_f1': _r4(always_yes_f1(rate[c]))} for c in per.index},
+        'per_criterion': _criterion_doc(per, base_per, rate, names),
         'baseline_tfidf_lr': {'f1': _r4(base_ci['value']), 'low': _r4(base_ci['low']), 'high': _r4(base_ci['high'])},
-        'references': {'positive_rate': _r4(preds.label.mean()), 'always_yes_f1': _r4(always_yes_f1(preds.label.mean()))},
+        'references': {'positive_rate': _r4(preds.label.mean()),
+                       'always_yes_f1': _r4(always_yes_f1(preds.label.mean()))},
         'thresholds': {int(k): _r4(v) for k, v in zip(folds.fold, folds.threshold)},
     }
     return CVSummary(doc, per, ci, base_ci)
@@ -240,7 +257,8 @@ def summary_markdown(s:dict) -> str:
     lines += ['| metric | pooled out-of-fold (95% CI) | mean ± std over folds |', '|---|---|---|']
     for a in CI_METRICS:
         f = s['across_folds'][a]
-        lines.append(f"| {a} | {o[a]['value']:.3f} ({o[a]['low']:.3f}–{o[a]['high']:.3f}) | {f['mean']:.3f} ± {f['std']:.3f} |")
+        lines.append(f"| {a} | {o[a]['value']:.3f} ({o[a]['low']:.3f}–{o[a]['high']:.3f}) | "
+                     f"{f['mean']:.3f} ± {f['std']:.3f} |")
     lines += ['', f"TF-IDF + logistic regression on the same folds: F1 {b['f1']:.3f} ({b['low']:.3f}–{b['high']:.3f}). "
               f"Trivial references: positive rate {ref['positive_rate']:.3f}; answering yes to every pair scores F1 "
               f"{ref['always_yes_f1']:.3f} (2p/(1+p)).", '',
@@ -248,8 +266,8 @@ def summary_markdown(s:dict) -> str:
               '|---|---|---|---|---|---|---|---|---|']
     fmt = lambda v: '–' if v is None else f'{v:.3f}'
     for c, r in s['per_criterion'].items():
-        lines.append(f"| {c} | {r['name']} | {fmt(r['f1'])} | {fmt(r.get('tfidf_f1'))} | {fmt(r.get('always_yes_f1'))} | "
-                     f"{fmt(r['precision'])} | {fmt(r['recall'])} | "
+        lines.append(f"| {c} | {r['name']} | {fmt(r['f1'])} | {fmt(r.get('tfidf_f1'))} | "
+                     f"{fmt(r.get('always_yes_f1'))} | {fmt(r['precision'])} | {fmt(r['recall'])} | "
                      f"{fmt(r['roc_auc'])} | {r['support']} |")
     return '\n'.join(lines) + '\n'
 
@@ -270,6 +288,7 @@ class Aggregate:
     out_dir: Path
     times: pd.DataFrame       # seconds per stage of each fold (`time_table`)
 
+# %% ../nbs/12_jobs.ipynb #cb23aa98
 def _write_summary(out:Path, s:CVSummary, preds:pd.DataFrame, folds:pd.DataFrame) -> list:
     "`summary.json`, `thresholds.json`, `summary.md` and `oof_predictions.csv` in `out`; the first three's paths."
     thresholds = {'per_fold': s.doc['thresholds'], 'median': _r4(float(np.median(folds.threshold))),
@@ -280,6 +299,32 @@ def _write_summary(out:Path, s:CVSummary, preds:pd.DataFrame, folds:pd.DataFrame
     (out / 'summary.md').write_text(summary_markdown(s.doc))
     preds.to_csv(out / 'oof_predictions.csv', index=False)
     return [out / f for f in ('summary.json', 'thresholds.json', 'summary.md')]
+
+# %% ../nbs/12_jobs.ipynb #06264e29
+def _run_doc(cv:CVRun, folds:pd.DataFrame, table:PairTable, params_file:str) -> dict:
+    "What `summary.json` says about the run: names, hashes, the data and the training budget."
+    p = cv.p
+    return {'run': cv.name, 'parent_run_id': cv.parent_id, 'experiment': p.experiment, 'backbone': p.model.backbone,
+            'peft': p.model.peft, 'folds': len(cv.folds['folds']), 'data_hash': cv.folds['data_hash'],
+            'split_hash': cv.folds['split_hash'],
+            'data': {'path': p.data.path, 'format': p.data.format, 'posts': int(table.pairs.post_id.nunique()),
+                     'pairs': len(table.pairs), 'positive_rate': _r4(table.pairs.label.mean())},
+            'budget': {'profile': params_file, 'max_epochs': p.train.epochs, 'max_steps': p.train.max_steps,
+                       'epochs_run': [None if pd.isna(x) else int(x) for x in folds.epochs_run],   # None: not recorded
+                       'optimizer_steps': [None if pd.isna(x) else int(x) for x in folds.optimizer_steps]}}
+
+# %% ../nbs/12_jobs.ipynb #72b9703d
+def _log_summary(client, parent_id:str, s:CVSummary, preds:pd.DataFrame, folds:pd.DataFrame):
+    "Attach the pooled predictions and the fold table to the parent run and log the pooled metrics."
+    tracking.log_frame(client, parent_id, preds, 'oof_predictions')
+    tracking.log_frame(client, parent_id, folds, 'folds')
+    ci = s.ci
+    tracking.log_metrics(client, parent_id, {**{f'oof_{a}': c['value'] for a, c in ci.items()},
+                                             **{f'oof_{a}_low': c['low'] for a, c in ci.items()},
+                                             **{f'oof_{a}_high': c['high'] for a, c in ci.items()},
+                                             **{f'mean_{a}': folds[a].mean() for a in METRICS},
+                                             **{f'std_{a}': folds[a].std(ddof=1) for a in METRICS},
+                                             'baseline_oof_f1': s.baseline_ci['value']})
 
 # %% ../nbs/12_jobs.ipynb #42b123cc
 def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None) -> Aggregate:
@@ -292,29 +337,16 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
     if missing:
         raise InputError(f"run {parent_id}: folds {missing} have no FINISHED child run; run them "
                          f"(criteria-cls cv --resume {parent_id}) before aggregating")
-    preds = pd.concat([tracking.load_frame(client, latest[k].info.run_id, 'test_predictions') for k in range(n)], ignore_index=True)
+    preds = pd.concat([tracking.load_frame(client, latest[k].info.run_id, 'test_predictions') for k in range(n)],
+                      ignore_index=True)
     preds['post_id'] = preds.post_id.astype(str)
     folds, table = fold_table(latest), load_table(p)
     base = tfidf_baseline(table, cv.folds['folds'], p.metrics.threshold_step, metric=p.metrics.select)
     names = dict(zip(table.criteria.criterion_id, table.criteria.name))
     tags = tracking.with_retry(client.get_run, parent_id).data.tags
-    run = {'run': cv.name, 'parent_run_id': parent_id, 'experiment': p.experiment, 'backbone': p.model.backbone,
-           'peft': p.model.peft, 'folds': n, 'data_hash': cv.folds['data_hash'], 'split_hash': cv.folds['split_hash'],
-           'data': {'path': p.data.path, 'format': p.data.format, 'posts': int(table.pairs.post_id.nunique()),
-                    'pairs': len(table.pairs), 'positive_rate': _r4(table.pairs.label.mean())},
-           'budget': {'profile': tags.get('params_file', ''), 'max_epochs': p.train.epochs, 'max_steps': p.train.max_steps,
-                      'epochs_run': [None if pd.isna(x) else int(x) for x in folds.epochs_run],   # None: not recorded
-                      'optimizer_steps': [None if pd.isna(x) else int(x) for x in folds.optimizer_steps]}}
-    s = cv_summary(preds, folds, base, names, run, p.metrics.bootstrap, p.seed)
+    s = cv_summary(preds, folds, base, names, _run_doc(cv, folds, table, tags.get('params_file', '')),
+                   p.metrics.bootstrap, p.seed)
     for f in _write_summary(out, s, preds, folds): tracking.log_artifact(client, parent_id, f, 'summary')
-    tracking.log_frame(client, parent_id, preds, 'oof_predictions')
-    tracking.log_frame(client, parent_id, folds, 'folds')
-    ci = s.ci
-    tracking.log_metrics(client, parent_id, {**{f'oof_{a}': c['value'] for a, c in ci.items()},
-                                             **{f'oof_{a}_low': c['low'] for a, c in ci.items()},
-                                             **{f'oof_{a}_high': c['high'] for a, c in ci.items()},
-                                             **{f'mean_{a}': folds[a].mean() for a in METRICS},
-                                             **{f'std_{a}': folds[a].std(ddof=1) for a in METRICS},
-                                             'baseline_oof_f1': s.baseline_ci['value']})
+    _log_summary(client, parent_id, s, preds, folds)
     times = time_table({k: r.data.metrics for k, r in latest.items()})
-    return Aggregate(parent_id, p, folds, preds, s.per_criterion, ci, base, s.baseline_ci, s.doc, names, out, times)
+    return Aggregate(parent_id, p, folds, preds, s.per_criterion, s.ci, base, s.baseline_ci, s.doc, names, out, times)

@@ -36,6 +36,7 @@ def notebooks_dir() -> Path:
         raise InputError(f"pipeline notebooks not found in {d}; run from a checkout of criteria-cls (pip install -e .)")
     return d
 
+# %% ../nbs/13_pipeline.ipynb #78e4f6cc
 KERNEL_ARGS = ['--log-level=CRITICAL', '--IPKernelApp.capture_fd_output=False']
 
 def kernel_argv() -> list:
@@ -43,6 +44,7 @@ def kernel_argv() -> list:
     frozen = ['-Xfrozen_modules=off'] if sys.version_info >= (3, 11) else []   # debugpy warns without it
     return [sys.executable, *frozen, '-m', 'ipykernel_launcher', '-f', '{connection_file}', *KERNEL_ARGS]
 
+# %% ../nbs/13_pipeline.ipynb #908d520d
 def ensure_kernel(name:str=KERNEL) -> str:
     "Name of a kernel spec that runs this interpreter as `kernel_argv` says, (re)written into `sys.prefix` if needed."
     def current():
@@ -63,6 +65,7 @@ def ensure_kernel(name:str=KERNEL) -> str:
 class NotebookFailed(InputError):
     "A pipeline notebook raised; the message says which and where its executed copy is."
 
+# %% ../nbs/13_pipeline.ipynb #d90a3923
 def _notebook_error(path:Path) -> str|None:
     "The exception an executed notebook ended with, from its outputs."
     try: nb = nbformat.read(path, as_version=4)
@@ -72,6 +75,7 @@ def _notebook_error(path:Path) -> str|None:
             if o.get('output_type') == 'error': return f"{o.get('ename')}: {o.get('evalue')}"[:800]
     return None
 
+# %% ../nbs/13_pipeline.ipynb #78f79055
 def execute_notebook(src:Path, dst:Path, parameters:dict, env:dict|None=None, progress:bool=True,
                      timeout:int|None=None) -> subprocess.CompletedProcess:
     "Run `src` with papermill into `dst` (explicit kernel); `NotebookFailed` with the error and the path on failure."
@@ -81,11 +85,12 @@ def execute_notebook(src:Path, dst:Path, parameters:dict, env:dict|None=None, pr
         json.dump(parameters, f); pf = f.name
     cmd = [sys.executable, '-m', 'papermill', str(src), str(dst), '-f', pf, '-k', kernel, '--cwd', str(src.parent),
            '--progress-bar' if progress else '--no-progress-bar']
-    try: r = subprocess.run(cmd, env=tracking.kernel_env(env), stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE,
-                            text=True, timeout=timeout)
+    try: r = subprocess.run(cmd, env=tracking.kernel_env(env), stdout=subprocess.PIPE,
+                            stderr=None if progress else subprocess.PIPE, text=True, timeout=timeout)
     finally: os.unlink(pf)
     if r.returncode != 0:
-        raise NotebookFailed(f"{src.name} failed: {_notebook_error(dst) or (r.stderr or '')[-800:]}. Executed notebook: {dst}")
+        raise NotebookFailed(f"{src.name} failed: {_notebook_error(dst) or (r.stderr or '')[-800:]}. "
+                             f"Executed notebook: {dst}")
     return r
 
 # %% ../nbs/13_pipeline.ipynb #73bf7cba
@@ -103,13 +108,15 @@ def log_params_file(client, run_id:str, p, d:Path) -> Path:
     tracking.log_params(client, run_id, p)
     return f
 
+# %% ../nbs/13_pipeline.ipynb #ed55a118
 def start_cv(params_file, overrides=(), tags:dict|None=None) -> CVRun:
     "Validate params and data, create the parent run, write and attach `params.yaml` and `folds.json`."
     p = load_params(params_file, overrides)
     table = load_table(p)
     doc = folds_from_params(table, p)
     client = tracking.get_client(p.tracking.uri)
-    exp = tracking.ensure_experiment(client, p.experiment, tracking.artifact_location(p.tracking.uri, p.tracking.artifact_location))
+    exp = tracking.ensure_experiment(client, p.experiment,
+                                     tracking.artifact_location(p.tracking.uri, p.tracking.artifact_location))
     name = run_name(p)
     d = run_dir(p, name)
     note = f"{p.cv.folds}-fold CV of {p.model.backbone} + {p.model.peft} on {table.source}"
@@ -135,6 +142,7 @@ def create_fold_run(client, cv:CVRun, fold:int) -> str:
     with tempfile.TemporaryDirectory() as td: log_params_file(client, rid, cv.p, Path(td))
     return rid
 
+# %% ../nbs/13_pipeline.ipynb #29614cd7
 def _attach_notebook(client, rid:str, nb:Path, title:str):
     "Attach an executed notebook and its HTML rendering to a run (a rendering failure is a warning)."
     if not nb.exists(): return
@@ -149,6 +157,7 @@ def cells_after(nb:Path, call:str) -> float:
     i = next((j for j, c in enumerate(cells) if call in c.source), len(cells))
     return float(sum((c.metadata.get('papermill') or {}).get('duration') or 0 for c in cells[i + 1:]))
 
+# %% ../nbs/13_pipeline.ipynb #c90f04ad
 def log_times(client, rid:str, nb:Path, notebook_s:float, html_s:float, t0:float) -> dict:
     "Log a fold (or holdout) run's start-up, figures-and-HTML and wall seconds; returns them."
     job = tracking.with_retry(client.get_run, rid).data.metrics.get('time_job_s', 0.0)
@@ -195,6 +204,7 @@ def _alive(pid:int) -> bool:
     try: return 'State:\tZ' not in Path(f'/proc/{pid}/status').read_text()
     except OSError: return True
 
+# %% ../nbs/13_pipeline.ipynb #e827eb17
 def close_stale_runs(client, cv:CVRun, log=print) -> list:
     "Mark `cv`'s fold runs left RUNNING by a process that is gone as KILLED; their ids."
     closed = []
@@ -221,7 +231,8 @@ def run_aggregate(cv:CVRun, progress:bool=True) -> Path:
         if nb.exists(): tracking.log_artifact(client, cv.parent_id, nb, 'report')
         tracking.end_run(client, cv.parent_id, 'FAILED'); raise
     report = render_html(nb, cv.dir / 'report.html', hide_input=True, title=f'criteria-cls report: {cv.name}')
-    for f in (nb, render_html(nb, title=f'aggregate: {cv.name}'), report): tracking.log_artifact(client, cv.parent_id, f, 'report')
+    for f in (nb, render_html(nb, title=f'aggregate: {cv.name}'), report):
+        tracking.log_artifact(client, cv.parent_id, f, 'report')
     tracking.end_run(client, cv.parent_id, 'FINISHED')
     return report
 
@@ -231,6 +242,7 @@ def _fold_line(client, rid:str, k:int, seconds:float) -> str:
     return (f'fold {k}: test F1 {m.get("test_f1", float("nan")):.3f} at threshold '
             f'{m.get("test_threshold", float("nan")):.2f} ({seconds:.0f} s)')
 
+# %% ../nbs/13_pipeline.ipynb #681ef5f0
 def _run_folds(cv:CVRun, todo:list, jobs:int, progress:bool, log):
     "Run the folds in `todo`, `jobs` at a time (cores split between them); raise the first failure."
     client = tracking.get_client(cv.tracking_uri)
@@ -254,15 +266,52 @@ def ui_command(uri:str) -> str:
     exe = shutil.which('mlflow', path=str(Path(sys.executable).parent)) or 'mlflow'
     return f'{exe} ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000)'
 
+# %% ../nbs/13_pipeline.ipynb #1669ea21
 def resume_command(cv:CVRun) -> str:
     "The command that finishes `cv`, with its store named."
     return f'MLFLOW_TRACKING_URI={cv.tracking_uri} criteria-cls cv --resume {cv.parent_id}'
 
+# %% ../nbs/13_pipeline.ipynb #c74b4cb8
 def format_times(times, aggregate_s:float|None=None) -> str:
     "A `time_table` as text (whole seconds), with the aggregation's time under it."
     rows = [{'': k, **{c: '' if v != v else f'{v:.0f}' for c, v in r.items()}} for k, r in times.iterrows()]
     out = text_table(rows, {'': 'seconds', **{c: c for c in times.columns}})
     return out + (f'\naggregation and CV report: {aggregate_s:.0f} s' if aggregate_s is not None else '')
+
+# %% ../nbs/13_pipeline.ipynb #4959fc60
+def _open_cv(params_file, overrides, resume:str|None, tracking_uri:str|None, log) -> tuple:
+    "`(cv, client, folds already finished)`: a new CV from `params_file`, or the CV of parent run `resume`."
+    if resume:
+        if not tracking_uri: raise InputError('resuming needs the tracking store the CV is in (tracking_uri)')
+        cv = load_cv(resume, tracking_uri)
+        log(f'MLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
+        client = tracking.get_client(cv.tracking_uri)
+        close_stale_runs(client, cv, log)
+        tracking.with_retry(client.update_run, cv.parent_id, 'RUNNING')
+        done = set(tracking.latest_fold_runs(client, cv.parent_id))
+        log(f'resuming {cv.name}: folds {sorted(done) or "none"} already finished')
+        return cv, client, done
+    if params_file is None: raise InputError('give --params FILE (or --resume RUN_ID)')
+    cv = start_cv(params_file, overrides)
+    client = tracking.get_client(cv.tracking_uri)
+    log(f'run {cv.name}: parent run {cv.parent_id}, {len(cv.folds["folds"])} folds')
+    log(f'MLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
+    for n in [*cv.data_notes, *cv.folds['notes']]: log(f'warning: {n}')
+    return cv, client, set()
+
+# %% ../nbs/13_pipeline.ipynb #1da4a973
+def _cv_done(cv:CVRun, latest:dict, report:Path, aggregate_s:float, t0:float, log) -> dict:
+    "What `run_cv` returns and says once the CV is aggregated: the pooled F1, where things are, the times."
+    s = json.loads((cv.dir / 'summary.json').read_text())
+    o, b = s['pooled_oof']['f1'], s['baseline_tfidf_lr']
+    log(f"pooled out-of-fold F1 {o['value']:.3f} (95% CI {o['low']:.3f}-{o['high']:.3f}); "
+        f"TF-IDF baseline {b['f1']:.3f} ({b['low']:.3f}-{b['high']:.3f})")
+    log(f'report: {report}\nnotebooks and summary: {cv.dir}\nMLflow: parent run {cv.parent_id} in {cv.tracking_uri}\n'
+        f'browse it: {ui_command(cv.tracking_uri)}')
+    times = time_table({k: r.data.metrics for k, r in latest.items()})
+    log(f'where the time went:\n{format_times(times, aggregate_s)}\nwall time {time.time()-t0:.0f} s')
+    return {'parent_run_id': cv.parent_id, 'dir': cv.dir, 'report': report, 'remaining': [], 'summary': s,
+            'times': times}
 
 # %% ../nbs/13_pipeline.ipynb #968ed2e0
 def run_cv(params_file=None,           # a params file (a new CV)
@@ -275,22 +324,7 @@ def run_cv(params_file=None,           # a params file (a new CV)
            log=print) -> dict:
     "Cross-validate: parent run, one notebook per fold, aggregation; returns paths and ids."
     t0 = time.time()
-    if resume:
-        if not tracking_uri: raise InputError('resuming needs the tracking store the CV is in (tracking_uri)')
-        cv = load_cv(resume, tracking_uri)
-        log(f'MLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
-        client = tracking.get_client(cv.tracking_uri)
-        close_stale_runs(client, cv, log)
-        tracking.with_retry(client.update_run, cv.parent_id, 'RUNNING')
-        done = set(tracking.latest_fold_runs(client, cv.parent_id))
-        log(f'resuming {cv.name}: folds {sorted(done) or "none"} already finished')
-    else:
-        if params_file is None: raise InputError('give --params FILE (or --resume RUN_ID)')
-        cv = start_cv(params_file, overrides)
-        client, done = tracking.get_client(cv.tracking_uri), set()
-        log(f'run {cv.name}: parent run {cv.parent_id}, {len(cv.folds["folds"])} folds')
-        log(f'MLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
-        for n in [*cv.data_notes, *cv.folds['notes']]: log(f'warning: {n}')
+    cv, client, done = _open_cv(params_file, overrides, resume, tracking_uri, log)
     n = len(cv.folds['folds'])
     todo = [k for k in range(n) if k not in done and (only_folds is None or k in set(only_folds))]
     _run_folds(cv, todo, jobs, progress, log)
@@ -301,42 +335,29 @@ def run_cv(params_file=None,           # a params file (a new CV)
         return {'parent_run_id': cv.parent_id, 'dir': cv.dir, 'report': None, 'remaining': remaining}
     ta = time.time()
     report = run_aggregate(cv, progress=progress)
-    aggregate_s = time.time() - ta
-    s = json.loads((cv.dir / 'summary.json').read_text())
-    o, b = s['pooled_oof']['f1'], s['baseline_tfidf_lr']
-    log(f"pooled out-of-fold F1 {o['value']:.3f} (95% CI {o['low']:.3f}-{o['high']:.3f}); "
-        f"TF-IDF baseline {b['f1']:.3f} ({b['low']:.3f}-{b['high']:.3f})")
-    log(f'report: {report}\nnotebooks and summary: {cv.dir}\nMLflow: parent run {cv.parent_id} in {cv.tracking_uri}\n'
-        f'browse it: {ui_command(cv.tracking_uri)}')
-    times = time_table({k: r.data.metrics for k, r in latest.items()})
-    log(f'where the time went:\n{format_times(times, aggregate_s)}\nwall time {time.time()-t0:.0f} s')
-    return {'parent_run_id': cv.parent_id, 'dir': cv.dir, 'report': report, 'remaining': [], 'summary': s,
-            'times': times}
+    return _cv_done(cv, latest, report, time.time() - ta, t0, log)
 
-# %% ../nbs/13_pipeline.ipynb #6f201224
-def run_holdout(params_file, overrides=(), progress:bool=True, log=print) -> dict:
-    "Train on `data.path`, test on `data.test_path`; one run and one report."
-    t0 = time.time()
-    p = load_params(params_file, overrides)
-    parts = holdout_parts(p)  # validate both datasets before creating anything
-    log(f'MLflow store: {p.tracking.uri}\nreports and model: {Path(p.report.dir) / p.experiment}')
-    client = tracking.get_client(p.tracking.uri)
-    exp = tracking.ensure_experiment(client, p.experiment, tracking.artifact_location(p.tracking.uri, p.tracking.artifact_location))
+# %% ../nbs/13_pipeline.ipynb #a64cbebb
+def _start_holdout(client, p, params_file, parts:dict, log) -> tuple:
+    "Create the holdout run (data notes as tags, params attached) and its folder: `(run id, name, folder)`."
+    exp = tracking.ensure_experiment(client, p.experiment,
+                                     tracking.artifact_location(p.tracking.uri, p.tracking.artifact_location))
     name = 'holdout-' + run_name(p)
     d = run_dir(p, name)
     notes = [*load_table(p).notes, *(f'test set: {n}' for n in load_table(p, 'test_path').notes)]
-    rid = tracking.start_run(client, exp, name, tags={'kind': 'holdout', 'params_file': str(Path(params_file).resolve()),
-                                                      'run_dir': str(d), **data_tags(SimpleNamespace(notes=notes))})
+    tags = {'kind': 'holdout', 'params_file': str(Path(params_file).resolve()), 'run_dir': str(d),
+            **data_tags(SimpleNamespace(notes=notes))}
+    rid = tracking.start_run(client, exp, name, tags=tags)
     log_params_file(client, rid, p, d)
     log(f'holdout run {name} ({rid}): {parts["train"].post_id.nunique()} train, {parts["dev"].post_id.nunique()} dev, '
         f'{parts["test"].post_id.nunique()} test posts\nreports and model: {d}')
     for n in notes: log(f'warning: {n}')
-    nb, tn = d / 'holdout.ipynb', time.time()
-    params = {'run_id': rid, 'tracking_uri': p.tracking.uri, 'output_dir': str(d), 'threads': 0}
-    try: execute_notebook(notebooks_dir() / 'train_fold.ipynb', nb, params, progress=progress)
-    except BaseException:
-        _attach_notebook(client, rid, nb, 'holdout'); tracking.end_run(client, rid, 'FAILED'); raise
-    notebook_s, th = time.time() - tn, time.time()
+    return rid, name, d
+
+# %% ../nbs/13_pipeline.ipynb #d6f7d891
+def _holdout_done(client, rid:str, p, name:str, nb:Path, notebook_s:float, t0:float, log) -> dict:
+    "Render and attach the holdout's report, log its times, finish the run; what `run_holdout` returns."
+    th, d = time.time(), nb.parent
     report = render_html(nb, d / 'report.html', hide_input=True, title=f'criteria-cls holdout: {name}')
     _attach_notebook(client, rid, nb, 'holdout'); tracking.log_artifact(client, rid, report, 'report')
     times = log_times(client, rid, nb, notebook_s, time.time() - th, t0)
@@ -347,6 +368,22 @@ def run_holdout(params_file, overrides=(), progress:bool=True, log=print) -> dic
         f"browse it: {ui_command(p.tracking.uri)}")
     log(f'where the time went:\n{format_times(time_table({"holdout": m}))}')
     return {'run_id': rid, 'dir': d, 'report': report, 'metrics': m, 'times': times}
+
+# %% ../nbs/13_pipeline.ipynb #6f201224
+def run_holdout(params_file, overrides=(), progress:bool=True, log=print) -> dict:
+    "Train on `data.path`, test on `data.test_path`; one run and one report."
+    t0 = time.time()
+    p = load_params(params_file, overrides)
+    parts = holdout_parts(p)  # validate both datasets before creating anything
+    log(f'MLflow store: {p.tracking.uri}\nreports and model: {Path(p.report.dir) / p.experiment}')
+    client = tracking.get_client(p.tracking.uri)
+    rid, name, d = _start_holdout(client, p, params_file, parts, log)
+    nb, tn = d / 'holdout.ipynb', time.time()
+    params = {'run_id': rid, 'tracking_uri': p.tracking.uri, 'output_dir': str(d), 'threads': 0}
+    try: execute_notebook(notebooks_dir() / 'train_fold.ipynb', nb, params, progress=progress)
+    except BaseException:
+        _attach_notebook(client, rid, nb, 'holdout'); tracking.end_run(client, rid, 'FAILED'); raise
+    return _holdout_done(client, rid, p, name, nb, time.time() - tn, t0, log)
 
 # %% ../nbs/13_pipeline.ipynb #194e5f38
 def run_recipes(params_file='params/default.yaml',  # the base profile every row overrides
