@@ -11,9 +11,10 @@ import numpy as np, pandas as pd, yaml
 from .config import InputError
 
 # %% auto #0
-__all__ = ['PAIR_COLUMNS', 'read_text', 'delimiter_hint', 'read_csv', 'parse_labels', 'check_posts', 'load_criteria', 'PairTable',
-           'text_table', 'table_stats', 'format_stats', 'map_symptoms', 'require_rows', 'drop_repeats', 'load_redsm5',
-           'load_redsm5_single', 'load_pairs_file', 'load_imhi', 'table_notes', 'load_table']
+__all__ = ['PAIR_COLUMNS', 'SENTENCE_COLUMNS', 'read_text', 'delimiter_hint', 'read_csv', 'parse_labels', 'check_posts',
+           'load_criteria', 'PairTable', 'text_table', 'table_stats', 'format_stats', 'map_symptoms', 'require_rows',
+           'drop_repeats', 'load_redsm5', 'load_redsm5_single', 'load_pairs_file', 'load_imhi', 'table_notes',
+           'load_table']
 
 # %% ../nbs/01_data.ipynb #9181e78e
 def read_text(path:Path, what='file') -> str:
@@ -147,15 +148,17 @@ def load_criteria(path) -> pd.DataFrame:
 
 # %% ../nbs/01_data.ipynb #dda541a2
 PAIR_COLUMNS = ['post_id', 'criterion_id', 'name', 'text', 'description', 'label']
+SENTENCE_COLUMNS = ['post_id', 'criterion_id', 'sentence_id', 'sentence_text', 'status']
 
 @dataclass
 class PairTable:
-    "Labelled (post, criterion) pairs, the criteria they use, and notes on what loading did."
+    "Labelled (post, criterion) pairs, the criteria they use, notes on what loading did, annotated sentences."
     pairs: pd.DataFrame        # post_id, criterion_id, name, text, description, label
     criteria: pd.DataFrame     # criterion_id, name, description
     source: str = ''
     format: str = ''
     notes: list = field(default_factory=list)
+    sentences: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SENTENCE_COLUMNS))  # annotated
 
     @property
     def posts(self) -> pd.DataFrame:
@@ -178,7 +181,8 @@ class PairTable:
         "The pairs of these posts only."
         keep = set(post_ids)
         pairs = self.pairs[self.pairs.post_id.isin(keep)].reset_index(drop=True)
-        return PairTable(pairs, self.criteria, self.source, self.format, list(self.notes))
+        sentences = self.sentences[self.sentences.post_id.isin(keep)].reset_index(drop=True)
+        return PairTable(pairs, self.criteria, self.source, self.format, list(self.notes), sentences)
 
     def __len__(self): return len(self.pairs)
     def __repr__(self):
@@ -325,6 +329,14 @@ def _annotated_posts(ann:pd.DataFrame, posts:pd.DataFrame, posts_f:Path):
         raise InputError(f"{_where(ann, unknown_rows, 'post_id')}: annotations for post_id(s) not in {posts_f}: "
                          f"{ids}. Add the posts or remove these annotation rows.")
 
+# %% ../nbs/01_data.ipynb #1229125e
+def _sentence_table(ann:pd.DataFrame, cids:list, status:np.ndarray) -> pd.DataFrame:
+    "The annotated sentences (`SENTENCE_COLUMNS`) of criteria not ignored, in file order."
+    s = pd.DataFrame({'post_id': ann.post_id.to_numpy(), 'criterion_id': cids,
+                      'sentence_id': ann.sentence_id.str.strip().to_numpy(),
+                      'sentence_text': ann.sentence_text.str.strip().to_numpy(), 'status': status})
+    return s[s.criterion_id.notna()].reset_index(drop=True)[SENTENCE_COLUMNS]
+
 # %% ../nbs/01_data.ipynb #da7949cd
 def load_redsm5(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> PairTable:
     "ReDSM5 posts + annotations → every post × every criterion."
@@ -342,7 +354,8 @@ def load_redsm5(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> Pai
     cids, notes = map_symptoms(ann.DSM5_symptom, criteria, str(ann_f), symptom_map, ignore)
     positives = {(p, c) for p, c, s in zip(ann.post_id, cids, status) if s == 1 and c is not None}
     if not len(ann): notes.append(f"{ann_f}: the annotations file has no rows: every pair is negative")
-    return PairTable(_cross(posts, criteria, positives), criteria, str(Path(path)), 'redsm5', n1 + n2 + notes)
+    return PairTable(_cross(posts, criteria, positives), criteria, str(Path(path)), 'redsm5', n1 + n2 + notes,
+                     _sentence_table(ann, cids, status))
 
 # %% ../nbs/01_data.ipynb #fc7b290c
 def load_redsm5_single(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> PairTable:
@@ -535,8 +548,10 @@ def _keep_criteria(t:PairTable, keep:list) -> PairTable:
     if unknown:
         raise InputError(f"data.criteria_ids: {', '.join(unknown)} not in the data "
                          f"(it has {', '.join(t.criteria.criterion_id)})")
+    sentences = t.sentences[t.sentences.criterion_id.isin(keep)].reset_index(drop=True)
     return PairTable(t.pairs[t.pairs.criterion_id.isin(keep)].reset_index(drop=True),
-                     t.criteria[t.criteria.criterion_id.isin(keep)].reset_index(drop=True), t.source, t.format, t.notes)
+                     t.criteria[t.criteria.criterion_id.isin(keep)].reset_index(drop=True), t.source, t.format, t.notes,
+                     sentences)
 
 # %% ../nbs/01_data.ipynb #42e10e60
 def load_table(p, which:str='path') -> PairTable:
