@@ -8,13 +8,14 @@ import csv, hashlib, io, json, re
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, yaml
+from sklearn.feature_extraction.text import TfidfVectorizer
 from .config import InputError
 
 # %% auto #0
-__all__ = ['PAIR_COLUMNS', 'SENTENCE_COLUMNS', 'read_text', 'delimiter_hint', 'read_csv', 'parse_labels', 'check_posts',
-           'load_criteria', 'PairTable', 'text_table', 'table_stats', 'format_stats', 'map_symptoms', 'require_rows',
-           'drop_repeats', 'load_redsm5', 'load_redsm5_single', 'load_pairs_file', 'load_imhi', 'table_notes',
-           'load_table']
+__all__ = ['PAIR_COLUMNS', 'SENTENCE_COLUMNS', 'ALIGN_THRESHOLD', 'read_text', 'delimiter_hint', 'read_csv', 'parse_labels',
+           'check_posts', 'load_criteria', 'PairTable', 'text_table', 'table_stats', 'format_stats', 'map_symptoms',
+           'require_rows', 'drop_repeats', 'split_sentences', 'sentence_key', 'align_sentences', 'sentence_labels',
+           'load_redsm5', 'load_redsm5_single', 'load_pairs_file', 'load_imhi', 'table_notes', 'load_table']
 
 # %% ../nbs/01_data.ipynb #9181e78e
 def read_text(path:Path, what='file') -> str:
@@ -148,7 +149,8 @@ def load_criteria(path) -> pd.DataFrame:
 
 # %% ../nbs/01_data.ipynb #dda541a2
 PAIR_COLUMNS = ['post_id', 'criterion_id', 'name', 'text', 'description', 'label']
-SENTENCE_COLUMNS = ['post_id', 'criterion_id', 'sentence_id', 'sentence_text', 'status']
+SENTENCE_COLUMNS = ['post_id', 'criterion_id', 'sentence_id', 'sentence_text', 'status',
+                    'sentence_index', 'match', 'similarity']   # where the sentence is in `split_sentences(post)`
 
 @dataclass
 class PairTable:
@@ -295,6 +297,76 @@ def drop_repeats(df, cols=None) -> tuple:
     out.attrs.update(df.attrs, lines=[l for l, d in zip(lines, dup) if not d])
     return out, [note]
 
+# %% ../nbs/01_data.ipynb #369116b2
+_SENT = re.compile(r'(?<=[.!?])\s+|\n+')
+
+def split_sentences(text:str) -> list:
+    "The sentences of a post (split at sentence-final punctuation and line breaks), empty ones dropped."
+    return [s.strip() for s in _SENT.split(text) if s.strip()] or [text.strip()]
+
+# %% ../nbs/01_data.ipynb #c3335534
+_QUOTES = str.maketrans({'’': "'", '‘': "'", '“': '"', '”': '"'})
+_MARKER = re.compile(r'^(?:[-*•]|\d{1,2}[.)])\s+')
+
+def sentence_key(s:str) -> str:
+    "A sentence as compared with others: whitespace collapsed, quotes straightened, no list marker, lower case."
+    return _MARKER.sub('', ' '.join(str(s).translate(_QUOTES).split())).lower()
+
+# %% ../nbs/01_data.ipynb #009a74f9
+def _place(key:str, keys:list) -> tuple:
+    "`(index, how)` of an annotated sentence's key among a post's sentence keys; `(-1, 'none')` if not found there."
+    if key in keys: return keys.index(key), 'exact'
+    if len(key) >= 10:
+        inside = [i for i, k in enumerate(keys) if key in k]
+        if inside: return inside[0], 'contained'
+    covered = [i for i, k in enumerate(keys) if k in key]
+    if covered and sum(len(keys[i]) for i in covered) >= len(key) / 2:
+        return max(covered, key=lambda i: len(keys[i])), 'spans'
+    return -1, 'none'
+
+# %% ../nbs/01_data.ipynb #3dfd0226
+ALIGN_THRESHOLD = 0.3   # least cosine for `similar`; on the demo corpus 99% of wrong sentences score below it
+
+def _similar(anns:list, posts:list) -> list:
+    "For each annotation key and its post's sentence keys: `(index of the most similar sentence, cosine)`."
+    if not anns: return []
+    vec = TfidfVectorizer(analyzer='char_wb', ngram_range=(2, 4), sublinear_tf=True)
+    vec.fit(list(anns) + [k for ks in posts for k in ks])
+    out = []
+    for a, ks in zip(anns, posts):
+        c = (vec.transform(ks) @ vec.transform([a]).T).toarray().ravel()
+        out.append((int(c.argmax()), float(c.max())))
+    return out
+
+# %% ../nbs/01_data.ipynb #794755b0
+def align_sentences(ann:pd.DataFrame,               # post_id, sentence_text: one row per annotated sentence
+                    posts:pd.DataFrame,             # post_id, text
+                    threshold:float=ALIGN_THRESHOLD, # least cosine for a `similar` match
+                   ) -> pd.DataFrame:
+    "`ann` with `sentence_index` (in `split_sentences(post)`, -1 if not placed), `match` and `similarity`."
+    keys = {p: [sentence_key(s) for s in split_sentences(t)] for p, t in zip(posts.post_id, posts.text)}
+    if (lost := [p for p in dict.fromkeys(ann.post_id) if p not in keys]):
+        raise ValueError(f"annotated sentences of posts not given: {', '.join(map(str, lost[:5]))}")
+    placed = [_place(sentence_key(a), keys[p]) for p, a in zip(ann.post_id, ann.sentence_text)]
+    idx, how, sim = [i for i, _ in placed], [h for _, h in placed], [np.nan] * len(placed)
+    rest = [i for i, h in enumerate(how) if h == 'none']
+    near = _similar([sentence_key(ann.sentence_text.iloc[i]) for i in rest], [keys[ann.post_id.iloc[i]] for i in rest])
+    for i, (j, c) in zip(rest, near):
+        sim[i] = c
+        if c >= threshold: idx[i], how[i] = j, 'similar'
+    return ann.assign(sentence_index=idx, match=how, similarity=sim)
+
+# %% ../nbs/01_data.ipynb #4925d11f
+def sentence_labels(sentences:pd.DataFrame) -> pd.DataFrame:
+    "Per (post, criterion) with placed sentences: the indices of its `positive` (status 1) and `negative` (0) ones."
+    s = sentences[sentences.sentence_index >= 0]
+    rows = []
+    for (p, c), g in s.groupby(['post_id', 'criterion_id'], sort=False):
+        pos = sorted({int(i) for i in g.sentence_index[g.status == 1]})
+        rows.append({'post_id': p, 'criterion_id': c, 'positive': pos,
+                     'negative': sorted({int(i) for i in g.sentence_index[g.status == 0]} - set(pos))})
+    return pd.DataFrame(rows, columns=['post_id', 'criterion_id', 'positive', 'negative'])
+
 # %% ../nbs/01_data.ipynb #091463cb
 def _redsm5_files(path:Path):
     "The posts and annotations CSVs of a ReDSM5 folder (or of its posts CSV)."
@@ -330,12 +402,12 @@ def _annotated_posts(ann:pd.DataFrame, posts:pd.DataFrame, posts_f:Path):
                          f"{ids}. Add the posts or remove these annotation rows.")
 
 # %% ../nbs/01_data.ipynb #1229125e
-def _sentence_table(ann:pd.DataFrame, cids:list, status:np.ndarray) -> pd.DataFrame:
-    "The annotated sentences (`SENTENCE_COLUMNS`) of criteria not ignored, in file order."
+def _sentence_table(ann:pd.DataFrame, cids:list, status:np.ndarray, posts:pd.DataFrame) -> pd.DataFrame:
+    "The annotated sentences (`SENTENCE_COLUMNS`) of criteria not ignored, in file order, aligned to their posts."
     s = pd.DataFrame({'post_id': ann.post_id.to_numpy(), 'criterion_id': cids,
                       'sentence_id': ann.sentence_id.str.strip().to_numpy(),
                       'sentence_text': ann.sentence_text.str.strip().to_numpy(), 'status': status})
-    return s[s.criterion_id.notna()].reset_index(drop=True)[SENTENCE_COLUMNS]
+    return align_sentences(s[s.criterion_id.notna()].reset_index(drop=True), posts)[SENTENCE_COLUMNS]
 
 # %% ../nbs/01_data.ipynb #da7949cd
 def load_redsm5(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> PairTable:
@@ -355,7 +427,7 @@ def load_redsm5(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> Pai
     positives = {(p, c) for p, c, s in zip(ann.post_id, cids, status) if s == 1 and c is not None}
     if not len(ann): notes.append(f"{ann_f}: the annotations file has no rows: every pair is negative")
     return PairTable(_cross(posts, criteria, positives), criteria, str(Path(path)), 'redsm5', n1 + n2 + notes,
-                     _sentence_table(ann, cids, status))
+                     _sentence_table(ann, cids, status, posts))
 
 # %% ../nbs/01_data.ipynb #fc7b290c
 def load_redsm5_single(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> PairTable:
