@@ -298,10 +298,10 @@ def drop_repeats(df, cols=None) -> tuple:
     return out, [note]
 
 # %% ../nbs/01_data.ipynb #369116b2
-_SENT = re.compile(r'(?<=[.!?])\s+|\n+')
+_SENT = re.compile(r'(?<=[.!?])\s+|(?<=[.!?][\'"’”)])\s+(?![a-z])|\n+')
 
 def split_sentences(text:str) -> list:
-    "The sentences of a post (split at sentence-final punctuation and line breaks), empty ones dropped."
+    "The sentences of a post: cut after `.`, `!`, `?` (and a closing quote unless lower case follows) and at line breaks."
     return [s.strip() for s in _SENT.split(text) if s.strip()] or [text.strip()]
 
 # %% ../nbs/01_data.ipynb #c3335534
