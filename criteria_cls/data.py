@@ -301,7 +301,7 @@ def drop_repeats(df, cols=None) -> tuple:
 _SENT = re.compile(r'(?<=[.!?])\s+|(?<=[.!?][\'"’”)])\s+(?![a-z])|\n+')
 
 def split_sentences(text:str) -> list:
-    "The sentences of a post: cut after `.`, `!`, `?` (and a closing quote unless lower case follows) and at line breaks."
+    "A post's sentences: cut after `.`, `!`, `?` (and a closing quote, unless lower case follows) and at line breaks."
     return [s.strip() for s in _SENT.split(text) if s.strip()] or [text.strip()]
 
 # %% ../nbs/01_data.ipynb #c3335534
