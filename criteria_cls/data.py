@@ -15,7 +15,8 @@ from .config import InputError
 __all__ = ['PAIR_COLUMNS', 'SENTENCE_COLUMNS', 'ALIGN_THRESHOLD', 'read_text', 'delimiter_hint', 'read_csv', 'parse_labels',
            'check_posts', 'load_criteria', 'PairTable', 'text_table', 'table_stats', 'format_stats', 'map_symptoms',
            'require_rows', 'drop_repeats', 'split_sentences', 'sentence_key', 'align_sentences', 'sentence_labels',
-           'load_redsm5', 'load_redsm5_single', 'load_pairs_file', 'load_imhi', 'table_notes', 'load_table']
+           'load_redsm5', 'load_redsm5_single', 'load_pairs_file', 'load_imhi', 'sentence_notes', 'table_notes',
+           'load_table']
 
 # %% ../nbs/01_data.ipynb #9181e78e
 def read_text(path:Path, what='file') -> str:
@@ -218,8 +219,11 @@ def _post_lengths(posts:pd.Series, tokenizer=None) -> tuple:
     return posts.str.split().str.len().tolist(), 'words'
 
 # %% ../nbs/01_data.ipynb #c2143016
+_MATCH_WORDS = {'exact': 'exactly one of ours', 'contained': 'inside one', 'spans': 'spanning several',
+                'similar': 'aligned by similarity', 'none': 'not found in their post'}
+
 def table_stats(t:PairTable, tokenizer=None) -> dict:
-    "Counts, positives per criterion, length percentiles and the content hash."
+    "Counts, positives per criterion, length percentiles, the content hash, annotated sentences by match."
     per = (t.pairs.groupby('criterion_id', sort=False).agg(pairs=('label', 'size'), positive=('label', 'sum')))
     per = per.reindex([c for c in t.criteria.criterion_id if c in per.index])
     names = dict(zip(t.criteria.criterion_id, t.criteria.name))
@@ -235,6 +239,8 @@ def table_stats(t:PairTable, tokenizer=None) -> dict:
         'length_unit': unit,
         'post_length': {f'p{k}': int(round(v)) for k, v in zip((50, 90, 95, 99, 100), q)},
         'content_hash': t.content_hash(),
+        'sentences': {'annotated': len(t.sentences), 'positive': int(t.sentences.status.sum()),
+                      **{m: int((t.sentences.match == m).sum()) for m in _MATCH_WORDS}},
         'notes': list(t.notes),
     }
 
@@ -246,6 +252,9 @@ def format_stats(s:dict) -> str:
              f"({s['positive']/max(s['pairs'],1):.1%}); posts with no positive: {s['posts_without_positive']}",
              f"  post length ({s['length_unit']}): " + ', '.join(f"{k} {v}" for k, v in s['post_length'].items()),
              f"  content hash {s['content_hash']}"]
+    if (n := s.get('sentences', {})).get('annotated'):
+        lines.append(f"  annotated sentences {n['annotated']} ({n['positive']} showing a criterion): "
+                     + ', '.join(f"{n[m]} {w}" for m, w in _MATCH_WORDS.items() if n[m]))
     cols = {'criterion_id': 'criterion', 'name': 'name', 'positive': 'positive', 'pairs': 'pairs'}
     if all(r['name'] == r['criterion_id'] for r in s['per_criterion']): del cols['name']   # IMHI: the id is the name
     lines += ['  ' + l for l in text_table(s['per_criterion'], cols).splitlines()]
@@ -588,10 +597,24 @@ def _lacking_note(t:PairTable) -> list:
             f"pairs absent; e.g. post {ex} has none for {', '.join(lacks[:5])}): absent pairs are neither "
             f"trained on nor scored"]
 
+# %% ../nbs/01_data.ipynb #ae8418d2
+def sentence_notes(t:PairTable) -> list:
+    "Notes on annotated sentences not found in their post (naming the posts) and on those aligned by similarity."
+    s, notes = t.sentences, []
+    if len(lost := s[s.match == 'none']):
+        posts = list(dict.fromkeys(lost.post_id)); more = f' and {len(posts) - 10} more' if len(posts) > 10 else ''
+        notes.append(f"{len(lost)} of {len(s)} annotated sentences ({int(lost.status.sum())} showing a criterion) of "
+                     f"{len(posts)} posts are not found in their post (posts: {', '.join(posts[:10])}{more}): "
+                     f"they give no sentence label")
+    if n := int((s.match == 'similar').sum()):
+        notes.append(f"{n} of {len(s)} annotated sentences are not in their post as written and were aligned by "
+                     f"similarity (character n-gram cosine >= {ALIGN_THRESHOLD}): their sentence labels rest on that")
+    return notes
+
 # %% ../nbs/01_data.ipynb #0ce0894b
 def table_notes(t:PairTable, criteria_file:pd.DataFrame|None=None) -> list:
-    "Notes on posts lacking some criteria's pairs, criteria of `criteria_file` without pairs or without positives."
-    notes, crit = _lacking_note(t), list(t.criteria.criterion_id)
+    "Notes on posts lacking pairs, annotated sentences not placed, criteria without pairs or without positives."
+    notes, crit = _lacking_note(t) + sentence_notes(t), list(t.criteria.criterion_id)
     if criteria_file is not None:
         unused = [c for c in criteria_file.criterion_id if c not in set(t.pairs.criterion_id)]
         where = criteria_file.attrs.get('path', '')
