@@ -8,12 +8,15 @@ import csv, hashlib, io, json, re
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd, yaml
+from sklearn.feature_extraction.text import TfidfVectorizer
 from .config import InputError
 
 # %% auto #0
-__all__ = ['PAIR_COLUMNS', 'read_text', 'delimiter_hint', 'read_csv', 'parse_labels', 'check_posts', 'load_criteria', 'PairTable',
-           'text_table', 'table_stats', 'format_stats', 'map_symptoms', 'require_rows', 'drop_repeats', 'load_redsm5',
-           'load_redsm5_single', 'load_pairs_file', 'load_imhi', 'table_notes', 'load_table']
+__all__ = ['PAIR_COLUMNS', 'SENTENCE_COLUMNS', 'ALIGN_THRESHOLD', 'read_text', 'delimiter_hint', 'read_csv', 'parse_labels',
+           'check_posts', 'load_criteria', 'PairTable', 'text_table', 'table_stats', 'format_stats', 'map_symptoms',
+           'require_rows', 'drop_repeats', 'split_sentences', 'sentence_key', 'align_sentences', 'sentence_labels',
+           'load_redsm5', 'load_redsm5_single', 'load_pairs_file', 'load_imhi', 'sentence_notes', 'table_notes',
+           'load_table']
 
 # %% ../nbs/01_data.ipynb #9181e78e
 def read_text(path:Path, what='file') -> str:
@@ -147,15 +150,18 @@ def load_criteria(path) -> pd.DataFrame:
 
 # %% ../nbs/01_data.ipynb #dda541a2
 PAIR_COLUMNS = ['post_id', 'criterion_id', 'name', 'text', 'description', 'label']
+SENTENCE_COLUMNS = ['post_id', 'criterion_id', 'sentence_id', 'sentence_text', 'status',
+                    'sentence_index', 'match', 'similarity']   # where the sentence is in `split_sentences(post)`
 
 @dataclass
 class PairTable:
-    "Labelled (post, criterion) pairs, the criteria they use, and notes on what loading did."
+    "Labelled (post, criterion) pairs, the criteria they use, notes on what loading did, annotated sentences."
     pairs: pd.DataFrame        # post_id, criterion_id, name, text, description, label
     criteria: pd.DataFrame     # criterion_id, name, description
     source: str = ''
     format: str = ''
     notes: list = field(default_factory=list)
+    sentences: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SENTENCE_COLUMNS))  # annotated
 
     @property
     def posts(self) -> pd.DataFrame:
@@ -178,7 +184,8 @@ class PairTable:
         "The pairs of these posts only."
         keep = set(post_ids)
         pairs = self.pairs[self.pairs.post_id.isin(keep)].reset_index(drop=True)
-        return PairTable(pairs, self.criteria, self.source, self.format, list(self.notes))
+        sentences = self.sentences[self.sentences.post_id.isin(keep)].reset_index(drop=True)
+        return PairTable(pairs, self.criteria, self.source, self.format, list(self.notes), sentences)
 
     def __len__(self): return len(self.pairs)
     def __repr__(self):
@@ -212,8 +219,11 @@ def _post_lengths(posts:pd.Series, tokenizer=None) -> tuple:
     return posts.str.split().str.len().tolist(), 'words'
 
 # %% ../nbs/01_data.ipynb #c2143016
+_MATCH_WORDS = {'exact': 'exactly one of ours', 'contained': 'inside one', 'spans': 'spanning several',
+                'similar': 'aligned by similarity', 'none': 'not found in their post'}
+
 def table_stats(t:PairTable, tokenizer=None) -> dict:
-    "Counts, positives per criterion, length percentiles and the content hash."
+    "Counts, positives per criterion, length percentiles, the content hash, annotated sentences by match."
     per = (t.pairs.groupby('criterion_id', sort=False).agg(pairs=('label', 'size'), positive=('label', 'sum')))
     per = per.reindex([c for c in t.criteria.criterion_id if c in per.index])
     names = dict(zip(t.criteria.criterion_id, t.criteria.name))
@@ -229,6 +239,8 @@ def table_stats(t:PairTable, tokenizer=None) -> dict:
         'length_unit': unit,
         'post_length': {f'p{k}': int(round(v)) for k, v in zip((50, 90, 95, 99, 100), q)},
         'content_hash': t.content_hash(),
+        'sentences': {'annotated': len(t.sentences), 'positive': int(t.sentences.status.sum()),
+                      **{m: int((t.sentences.match == m).sum()) for m in _MATCH_WORDS}},
         'notes': list(t.notes),
     }
 
@@ -240,6 +252,9 @@ def format_stats(s:dict) -> str:
              f"({s['positive']/max(s['pairs'],1):.1%}); posts with no positive: {s['posts_without_positive']}",
              f"  post length ({s['length_unit']}): " + ', '.join(f"{k} {v}" for k, v in s['post_length'].items()),
              f"  content hash {s['content_hash']}"]
+    if (n := s.get('sentences', {})).get('annotated'):
+        lines.append(f"  annotated sentences {n['annotated']} ({n['positive']} showing a criterion): "
+                     + ', '.join(f"{n[m]} {w}" for m, w in _MATCH_WORDS.items() if n[m]))
     cols = {'criterion_id': 'criterion', 'name': 'name', 'positive': 'positive', 'pairs': 'pairs'}
     if all(r['name'] == r['criterion_id'] for r in s['per_criterion']): del cols['name']   # IMHI: the id is the name
     lines += ['  ' + l for l in text_table(s['per_criterion'], cols).splitlines()]
@@ -291,6 +306,76 @@ def drop_repeats(df, cols=None) -> tuple:
     out.attrs.update(df.attrs, lines=[l for l, d in zip(lines, dup) if not d])
     return out, [note]
 
+# %% ../nbs/01_data.ipynb #369116b2
+_SENT = re.compile(r'(?<=[.!?])\s+|(?<=[.!?][\'"’”)])\s+(?![a-z])|\n+')
+
+def split_sentences(text:str) -> list:
+    "A post's sentences: cut after `.`, `!`, `?` (and a closing quote, unless lower case follows) and at line breaks."
+    return [s.strip() for s in _SENT.split(text) if s.strip()] or [text.strip()]
+
+# %% ../nbs/01_data.ipynb #c3335534
+_QUOTES = str.maketrans({'’': "'", '‘': "'", '“': '"', '”': '"'})
+_MARKER = re.compile(r'^(?:[-*•]|\d{1,2}[.)])\s+')
+
+def sentence_key(s:str) -> str:
+    "A sentence as compared with others: whitespace collapsed, quotes straightened, no list marker, lower case."
+    return _MARKER.sub('', ' '.join(str(s).translate(_QUOTES).split())).lower()
+
+# %% ../nbs/01_data.ipynb #009a74f9
+def _place(key:str, keys:list) -> tuple:
+    "`(index, how)` of an annotated sentence's key among a post's sentence keys; `(-1, 'none')` if not found there."
+    if key in keys: return keys.index(key), 'exact'
+    if len(key) >= 10:
+        inside = [i for i, k in enumerate(keys) if key in k]
+        if inside: return inside[0], 'contained'
+    covered = [i for i, k in enumerate(keys) if k in key]
+    if covered and sum(len(keys[i]) for i in covered) >= len(key) / 2:
+        return max(covered, key=lambda i: len(keys[i])), 'spans'
+    return -1, 'none'
+
+# %% ../nbs/01_data.ipynb #3dfd0226
+ALIGN_THRESHOLD = 0.3   # least cosine for `similar`; on the demo corpus 99% of wrong sentences score below it
+
+def _similar(anns:list, posts:list) -> list:
+    "For each annotation key and its post's sentence keys: `(index of the most similar sentence, cosine)`."
+    if not anns: return []
+    vec = TfidfVectorizer(analyzer='char_wb', ngram_range=(2, 4), sublinear_tf=True)
+    vec.fit(list(anns) + [k for ks in posts for k in ks])
+    out = []
+    for a, ks in zip(anns, posts):
+        c = (vec.transform(ks) @ vec.transform([a]).T).toarray().ravel()
+        out.append((int(c.argmax()), float(c.max())))
+    return out
+
+# %% ../nbs/01_data.ipynb #794755b0
+def align_sentences(ann:pd.DataFrame,               # post_id, sentence_text: one row per annotated sentence
+                    posts:pd.DataFrame,             # post_id, text
+                    threshold:float=ALIGN_THRESHOLD, # least cosine for a `similar` match
+                   ) -> pd.DataFrame:
+    "`ann` with `sentence_index` (in `split_sentences(post)`, -1 if not placed), `match` and `similarity`."
+    keys = {p: [sentence_key(s) for s in split_sentences(t)] for p, t in zip(posts.post_id, posts.text)}
+    if (lost := [p for p in dict.fromkeys(ann.post_id) if p not in keys]):
+        raise ValueError(f"annotated sentences of posts not given: {', '.join(map(str, lost[:5]))}")
+    placed = [_place(sentence_key(a), keys[p]) for p, a in zip(ann.post_id, ann.sentence_text)]
+    idx, how, sim = [i for i, _ in placed], [h for _, h in placed], [np.nan] * len(placed)
+    rest = [i for i, h in enumerate(how) if h == 'none']
+    near = _similar([sentence_key(ann.sentence_text.iloc[i]) for i in rest], [keys[ann.post_id.iloc[i]] for i in rest])
+    for i, (j, c) in zip(rest, near):
+        sim[i] = c
+        if c >= threshold: idx[i], how[i] = j, 'similar'
+    return ann.assign(sentence_index=idx, match=how, similarity=sim)
+
+# %% ../nbs/01_data.ipynb #4925d11f
+def sentence_labels(sentences:pd.DataFrame) -> pd.DataFrame:
+    "Per (post, criterion) with placed sentences: the indices of its `positive` (status 1) and `negative` (0) ones."
+    s = sentences[sentences.sentence_index >= 0]
+    rows = []
+    for (p, c), g in s.groupby(['post_id', 'criterion_id'], sort=False):
+        pos = sorted({int(i) for i in g.sentence_index[g.status == 1]})
+        rows.append({'post_id': p, 'criterion_id': c, 'positive': pos,
+                     'negative': sorted({int(i) for i in g.sentence_index[g.status == 0]} - set(pos))})
+    return pd.DataFrame(rows, columns=['post_id', 'criterion_id', 'positive', 'negative'])
+
 # %% ../nbs/01_data.ipynb #091463cb
 def _redsm5_files(path:Path):
     "The posts and annotations CSVs of a ReDSM5 folder (or of its posts CSV)."
@@ -325,6 +410,14 @@ def _annotated_posts(ann:pd.DataFrame, posts:pd.DataFrame, posts_f:Path):
         raise InputError(f"{_where(ann, unknown_rows, 'post_id')}: annotations for post_id(s) not in {posts_f}: "
                          f"{ids}. Add the posts or remove these annotation rows.")
 
+# %% ../nbs/01_data.ipynb #1229125e
+def _sentence_table(ann:pd.DataFrame, cids:list, status:np.ndarray, posts:pd.DataFrame) -> pd.DataFrame:
+    "The annotated sentences (`SENTENCE_COLUMNS`) of criteria not ignored, in file order, aligned to their posts."
+    s = pd.DataFrame({'post_id': ann.post_id.to_numpy(), 'criterion_id': cids,
+                      'sentence_id': ann.sentence_id.str.strip().to_numpy(),
+                      'sentence_text': ann.sentence_text.str.strip().to_numpy(), 'status': status})
+    return align_sentences(s[s.criterion_id.notna()].reset_index(drop=True), posts)[SENTENCE_COLUMNS]
+
 # %% ../nbs/01_data.ipynb #da7949cd
 def load_redsm5(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> PairTable:
     "ReDSM5 posts + annotations → every post × every criterion."
@@ -342,7 +435,8 @@ def load_redsm5(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> Pai
     cids, notes = map_symptoms(ann.DSM5_symptom, criteria, str(ann_f), symptom_map, ignore)
     positives = {(p, c) for p, c, s in zip(ann.post_id, cids, status) if s == 1 and c is not None}
     if not len(ann): notes.append(f"{ann_f}: the annotations file has no rows: every pair is negative")
-    return PairTable(_cross(posts, criteria, positives), criteria, str(Path(path)), 'redsm5', n1 + n2 + notes)
+    return PairTable(_cross(posts, criteria, positives), criteria, str(Path(path)), 'redsm5', n1 + n2 + notes,
+                     _sentence_table(ann, cids, status, posts))
 
 # %% ../nbs/01_data.ipynb #fc7b290c
 def load_redsm5_single(path, criteria:pd.DataFrame, symptom_map=None, ignore=()) -> PairTable:
@@ -503,10 +597,24 @@ def _lacking_note(t:PairTable) -> list:
             f"pairs absent; e.g. post {ex} has none for {', '.join(lacks[:5])}): absent pairs are neither "
             f"trained on nor scored"]
 
+# %% ../nbs/01_data.ipynb #ae8418d2
+def sentence_notes(t:PairTable) -> list:
+    "Notes on annotated sentences not found in their post (naming the posts) and on those aligned by similarity."
+    s, notes = t.sentences, []
+    if len(lost := s[s.match == 'none']):
+        posts = list(dict.fromkeys(lost.post_id)); more = f' and {len(posts) - 10} more' if len(posts) > 10 else ''
+        notes.append(f"{len(lost)} of {len(s)} annotated sentences ({int(lost.status.sum())} showing a criterion) of "
+                     f"{len(posts)} posts are not found in their post (posts: {', '.join(posts[:10])}{more}): "
+                     f"they give no sentence label")
+    if n := int((s.match == 'similar').sum()):
+        notes.append(f"{n} of {len(s)} annotated sentences are not in their post as written and were aligned by "
+                     f"similarity (character n-gram cosine >= {ALIGN_THRESHOLD}): their sentence labels rest on that")
+    return notes
+
 # %% ../nbs/01_data.ipynb #0ce0894b
 def table_notes(t:PairTable, criteria_file:pd.DataFrame|None=None) -> list:
-    "Notes on posts lacking some criteria's pairs, criteria of `criteria_file` without pairs or without positives."
-    notes, crit = _lacking_note(t), list(t.criteria.criterion_id)
+    "Notes on posts lacking pairs, annotated sentences not placed, criteria without pairs or without positives."
+    notes, crit = _lacking_note(t) + sentence_notes(t), list(t.criteria.criterion_id)
     if criteria_file is not None:
         unused = [c for c in criteria_file.criterion_id if c not in set(t.pairs.criterion_id)]
         where = criteria_file.attrs.get('path', '')
@@ -535,8 +643,10 @@ def _keep_criteria(t:PairTable, keep:list) -> PairTable:
     if unknown:
         raise InputError(f"data.criteria_ids: {', '.join(unknown)} not in the data "
                          f"(it has {', '.join(t.criteria.criterion_id)})")
+    sentences = t.sentences[t.sentences.criterion_id.isin(keep)].reset_index(drop=True)
     return PairTable(t.pairs[t.pairs.criterion_id.isin(keep)].reset_index(drop=True),
-                     t.criteria[t.criteria.criterion_id.isin(keep)].reset_index(drop=True), t.source, t.format, t.notes)
+                     t.criteria[t.criteria.criterion_id.isin(keep)].reset_index(drop=True), t.source, t.format, t.notes,
+                     sentences)
 
 # %% ../nbs/01_data.ipynb #42e10e60
 def load_table(p, which:str='path') -> PairTable:

@@ -4,16 +4,16 @@
 
 # %% ../nbs/04_prompt.ipynb #69ac8b0d
 from __future__ import annotations
-import re
 from dataclasses import dataclass
 from fastcore.basics import patch
 import pandas as pd
 from transformers import DataCollatorWithPadding
 from .config import DEFAULT_TEMPLATE, InputError
+from .data import split_sentences
 
 # %% auto #0
 __all__ = ['CRITERION_COLUMN', 'truncate_post', 'Frame', 'special_frame', 'split_template', 'render_prompt', 'PromptEncoder',
-           'make_collator', 'pair_inputs', 'split_sentences', 'PostEncoder']
+           'make_collator', 'pair_inputs', 'PostEncoder']
 
 # %% ../nbs/04_prompt.ipynb #006606c5
 def truncate_post(ids:list,              # token ids of the post
@@ -201,13 +201,6 @@ def pair_inputs(encoder:PromptEncoder, # the prompt encoder
         raise InputError(f"pairs lack column(s) {missing} needed for prompt.criterion_text={criterion_text}; "
                          f"columns are {list(pairs.columns)}")
     return encoder.encode_many(pairs.text.astype(str).tolist(), pairs[col].astype(str).tolist())
-
-# %% ../nbs/04_prompt.ipynb #c39fd85a
-_SENT = re.compile(r'(?<=[.!?])\s+|\n+')
-
-def split_sentences(text:str) -> list:
-    "The sentences of a post (split at sentence-final punctuation and line breaks), empty ones dropped."
-    return [s.strip() for s in _SENT.split(text) if s.strip()] or [text.strip()]
 
 # %% ../nbs/04_prompt.ipynb #af7f1007
 def _chunks(ids:list, n:int) -> list:
