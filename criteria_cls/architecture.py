@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_architecture.ipynb #ac0504a5
 from __future__ import annotations
-import inspect, json
+import inspect, json, math
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -15,8 +15,8 @@ from .config import InputError
 
 # %% auto #0
 __all__ = ['TARGETS', 'DECODERS', 'ATTENTION', 'target_modules', 'backbone_pooling', 'pool', 'cache_kwarg', 'device_of',
-           'n_layers', 'post_features', 'embed_chunks', 'CriteriaOutput', 'CriteriaModel', 'shared_forward',
-           'FastDropout', 'fast_dropout', 'fast_attention_dropout']
+           'n_layers', 'post_features', 'pool_scores', 'embed_chunks', 'CriteriaOutput', 'CriteriaModel',
+           'shared_forward', 'FastDropout', 'fast_dropout', 'fast_attention_dropout']
 
 # %% ../nbs/05b_architecture.ipynb #f2197e34
 _BERT, _LLAMA = ['query', 'key', 'value', 'dense'], ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
@@ -93,6 +93,18 @@ def post_features(e,                   # sentence vectors [sentences, H]
         parts.append(torch.stack([(torch.nn.functional.normalize(x, dim=-1) @ d.T).max(0).values for x in per]))
     return torch.cat(parts, -1)
 
+# %% ../nbs/05b_architecture.ipynb #27c732e5
+def pool_scores(z,                  # piece logits [pieces, C]
+                post_index,         # the post of each piece [pieces]
+                n_posts:int,
+                how:str='lse',      # lse: log of the mean of exp (a soft maximum) | max
+               ):
+    "Per post, its pieces' logits pooled: `[posts, C]`."
+    counts = torch.bincount(post_index, minlength=int(n_posts)).tolist()
+    per = torch.split(z, counts)
+    if how == 'max': return torch.stack([x.max(0).values for x in per])
+    return torch.stack([torch.logsumexp(x, 0) - math.log(len(x)) for x in per])
+
 # %% ../nbs/05b_architecture.ipynb #c4e08e67
 def embed_chunks(embed, batch:dict, **kw):
     "`embed`'s pooled vectors of a batch's sequences, computed chunk by chunk (`chunks`: row groups of similar length)."
@@ -109,28 +121,38 @@ def embed_chunks(embed, batch:dict, **kw):
 # %% ../nbs/05b_architecture.ipynb #84b5a5ef
 @dataclass
 class CriteriaOutput:
-    "What `CriteriaModel` returns: logits, and the backbone's key/value cache when one was asked for."
+    "What `CriteriaModel` returns: logits, the key/value cache when one was asked for, the pieces' own logits."
     logits: torch.Tensor
     cache: object = None
+    pieces: torch.Tensor|None = None   # `post_score: sentences`: logits per sentence piece [pieces, C]
 
 # %% ../nbs/05b_architecture.ipynb #6cc6be18
 class CriteriaModel(torch.nn.Module):
     "A backbone, a pooling and a linear head: one logit per prompt (pair) or per criterion (multi)."
     def __init__(self, backbone, head:str='pair', n_out:int=1, pooling:str='mean', normalize:bool=False,
-                 segments:str='post', similarity:bool=False, dropout:float=0.0):
+                 segments:str='post', similarity:bool=False, dropout:float=0.0,
+                 post_score:str='features',  # features | sentences: a logit per sentence piece, pooled (`pool_scores`)
+                 sentence_pool:str='lse'):   # with `post_score: sentences`: lse | max
         super().__init__()
         self.backbone, self.kind, self.n_out, self.pooling, self.normalize = backbone, head, n_out, pooling, normalize
         self.segments, self.similarity = segments, similarity
+        self.post_score, self.sentence_pool = post_score, sentence_pool
         self.config = backbone.config
         h = self.config.hidden_size
-        dim = (2 * h + (n_out if similarity else 0)) if segments == 'sentences' else h
+        dim = (2 * h + (n_out if similarity else 0)) if segments == 'sentences' and not self.scores_sentences else h
         self.dropout = torch.nn.Dropout(dropout)
         self.head = torch.nn.Linear(dim, n_out)
 
     def describe(self) -> dict:
         "What rebuilds the model around its backbone (written to `head.json`)."
         return {k: getattr(self, a) for k, a in (('head', 'kind'), ('n_out', 'n_out'), ('pooling', 'pooling'),
-                ('normalize', 'normalize'), ('segments', 'segments'), ('similarity', 'similarity'))}
+                ('normalize', 'normalize'), ('segments', 'segments'), ('similarity', 'similarity'),
+                ('post_score', 'post_score'), ('sentence_pool', 'sentence_pool'))}
+
+    @property
+    def scores_sentences(self) -> bool:
+        "Whether the head scores each sentence piece and pools the scores (its sentence scores are its evidence)."
+        return self.kind == 'multi' and self.segments == 'sentences' and self.post_score == 'sentences'
 
     def embed(self, input_ids, attention_mask=None, token_type_ids=None, **kw):
         "`(pooled vectors [N, H], backbone output)` of a batch of sequences."
@@ -143,7 +165,7 @@ class CriteriaModel(torch.nn.Module):
     def features(self, batch:dict, **kw):
         "`(the head's input [units, dim], backbone output)` of a batch (`post_index`: sentences → posts)."
         e, out = embed_chunks(self.embed, batch, **kw)
-        if self.segments != 'sentences': return e, out
+        if self.segments != 'sentences' or self.scores_sentences: return e, out
         d = self.embed(batch['criteria_input_ids'], batch['criteria_attention_mask'])[0] if self.similarity else None
         return post_features(e, batch['post_index'], batch['n_posts'], d), out
 
@@ -155,7 +177,9 @@ class CriteriaModel(torch.nn.Module):
                      n_posts=n_posts, criteria_input_ids=criteria_input_ids, criteria_attention_mask=criteria_attention_mask,
                      chunks=chunks)
         x, out = self.features(batch, **kw)
-        return CriteriaOutput(self.head(self.dropout(x)), getattr(out, 'cache', None))
+        z = self.head(self.dropout(x))
+        if not self.scores_sentences: return CriteriaOutput(z, getattr(out, 'cache', None))
+        return CriteriaOutput(pool_scores(z, post_index, n_posts, self.sentence_pool), None, z)
 
 # %% ../nbs/05b_architecture.ipynb #06d002db
 def shared_forward(model,                     # a `CriteriaModel` on a decoder

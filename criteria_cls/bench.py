@@ -23,7 +23,8 @@ from .tasks import make_task, shares_prefix
 from .train import (_StepState, make_optimizer, pairs_criteria, torch_setup, train_fold, train_mode,
                                 train_step)
 from .infer import Predictor
-from .metrics import best_threshold, binary_metrics, tfidf_baseline
+from .data import sentence_labels
+from .metrics import best_threshold, binary_metrics, evidence_ranking, tfidf_baseline
 from .splits import fold_pairs
 
 # %% auto #0
@@ -243,12 +244,16 @@ def format_bench_train(b:dict) -> str:
 # %% ../nbs/10_bench.ipynb #3f112001
 def dev_predictions(p, table, doc:dict, folds=None) -> tuple:
     "`(dev predictions of every fold with its threshold and fold, seconds)`: train on each fold's train part, keep dev."
-    t0, out = time.perf_counter(), []
+    t0, out, ev = time.perf_counter(), [], []
     for k in (folds if folds is not None else range(len(doc['folds']))):
         parts = fold_pairs(table, doc, k)
-        r = train_fold(p, parts['train'], parts['dev'], None, table.criteria, progress=False)
+        r = train_fold(p, parts['train'], parts['dev'], parts['dev'], table.criteria, progress=False,
+                       sentences=table.sentences)     # dev scored again as a test part: its sentence scores
         out.append(r.dev_predictions.assign(threshold=r.threshold, fold=k, best_epoch=r.best_epoch))
-    return pd.concat(out, ignore_index=True), time.perf_counter() - t0
+        if r.test_sentences is not None: ev.append(r.test_sentences)
+    pred = pd.concat(out, ignore_index=True)
+    pred.attrs['sentences'] = pd.concat(ev, ignore_index=True) if ev else None   # the evidence, where the model gives it
+    return pred, time.perf_counter() - t0
 
 # %% ../nbs/10_bench.ipynb #86222ed8
 def _halves(post_ids) -> np.ndarray:
@@ -269,13 +274,18 @@ def crossfit_f1(pred:pd.DataFrame, per_criterion:bool=False, metric:str='f1', st
     return binary_metrics(o.label, o.prob, o.threshold.to_numpy())[metric]
 
 # %% ../nbs/10_bench.ipynb #03d2d384
-def recipe_row(name:str, pred:pd.DataFrame, seconds:float, select:str='f1') -> dict:
-    "One row of the recipe table: dev AUCs, cross-fitted F1 (global and per-criterion thresholds), time."
+def recipe_row(name:str, pred:pd.DataFrame, seconds:float, select:str='f1',
+               annotated:pd.DataFrame|None=None) -> dict:   # the data's annotated sentences: evidence P@1 and AP on dev
+    "One row of the recipe table: dev AUCs, cross-fitted F1 (global and per-criterion thresholds), evidence, time."
     m = binary_metrics(pred.label, pred.prob, 0.5)
     row = {'recipe': name, 'dev_roc_auc': m['roc_auc'], 'dev_pr_auc': m['pr_auc'],
            'dev_f1_global': crossfit_f1(pred), 'dev_f1_per_criterion': crossfit_f1(pred, per_criterion=True)}
     if select != 'f1': row[f'dev_{select}_global'] = crossfit_f1(pred, metric=select)
     if 'best_epoch' in pred: row['mean_best_epoch'] = float(pred.groupby('fold').best_epoch.first().mean())
+    scores = pred.attrs.get('sentences')
+    if scores is not None and annotated is not None and len(annotated):
+        ranked = evidence_ranking(scores, sentence_labels(annotated))
+        row.update(dev_evidence_p_at_1=ranked.p_at_1.mean(), dev_evidence_ap=ranked.ap.mean())
     return {**row, 'seconds': seconds}
 
 # %% ../nbs/10_bench.ipynb #73a72003

@@ -10,8 +10,8 @@ from .config import DEFAULT_MODEL_NAME, InputError, load_params
 # %% auto #0
 __all__ = ['COMMANDS', 'store_overrides', 'default_store', 'say', 'command', 'build_parser', 'main', 'data_stats', 'cmd_data',
            'add_data', 'cmd_cv', 'add_cv', 'cmd_fold', 'add_fold', 'cmd_aggregate', 'add_aggregate', 'cmd_holdout',
-           'add_holdout', 'model_line', 'score_table', 'cmd_predict', 'add_predict', 'cmd_screen', 'add_screen',
-           'cmd_register', 'add_register', 'cmd_bench_train', 'cmd_bench', 'add_bench', 'console']
+           'add_holdout', 'model_line', 'score_table', 'cmd_predict', 'add_predict', 'with_evidence', 'cmd_screen',
+           'add_screen', 'cmd_register', 'add_register', 'cmd_bench_train', 'cmd_bench', 'add_bench', 'console']
 
 # %% ../nbs/14_cli.ipynb #e7a12bcd
 def store_overrides() -> list:
@@ -233,8 +233,12 @@ def score_table(rows) -> str:
     from criteria_cls.data import text_table
     cols = {'criterion_id': 'criterion', 'name': 'name', 'probability': 'probability', 'decision': 'decision',
             'threshold': 'threshold'}
+    if any(r.get('evidence') for r in rows): cols['top'] = 'top sentence'
+    top = lambda r: (r.get('evidence') or [{'sentence': ''}])[0]['sentence']
     return text_table([{**r, 'probability': f"{r['probability']:.3f}", 'threshold': f"{r['threshold']:.2f}",
-                        'decision': 'match' if r['label'] else 'no'} for r in rows], cols)
+                        'decision': 'match' if r['label'] else 'no', 'top': _short(top(r))} for r in rows], cols)
+
+def _short(s:str, n:int=70) -> str: return s if len(s) <= n else s[:n - 1] + '…'
 
 # %% ../nbs/14_cli.ipynb #1683c01c
 def _as_json(args) -> bool:
@@ -302,6 +306,19 @@ def add_predict(sub):
     sp.add_argument('--json', action='store_true', help='JSON lines even at a terminal (the default when piped)')
     sp.set_defaults(func=cmd_predict)
 
+# %% ../nbs/14_cli.ipynb #ae854a5a
+def with_evidence(pred, post:str, rows:list, k:int|None, asked:bool=False) -> list:
+    "`rows` with each criterion's `evidence` (the `k` best sentences and their scores) where the model gives it."
+    if k is None or k == 0: return rows
+    if k < 0: raise InputError(f"--evidence must be at least 1 (or 0 for none), got {k}")
+    if not any(getattr(s.model, 'scores_sentences', False) for s in pred.scorers):
+        if asked: pred.evidence(post, k)            # the model's own error: it has no sentence scores
+        return rows
+    ev = pred.evidence(post, k, [r['criterion_id'] for r in rows])
+    by = {c: [{'sentence': s, 'score': round(float(v), 4)} for s, v in zip(g.sentence, g.score)]
+          for c, g in ev.groupby('criterion_id', sort=False)}
+    return [{**r, 'evidence': by.get(r['criterion_id'], [])} for r in rows]
+
 # %% ../nbs/14_cli.ipynb #abf08799
 def cmd_screen(args) -> int:
     "Score one post (--post, or stdin) against every criterion the model knows."
@@ -315,7 +332,8 @@ def cmd_screen(args) -> int:
     rows = [{'criterion_id': r['criterion_id'], 'name': r['name'], 'probability': float(r['probability']),
              'label': int(r['label']), 'threshold': float(r['threshold'])}
             for r in pred.screen(post).to_dict('records')]
-    _print_scores(args, pred, rows)
+    k = 1 if args.evidence is None else args.evidence
+    _print_scores(args, pred, with_evidence(pred, post, rows, k, asked=args.evidence is not None))
     return 0
 
 # %% ../nbs/14_cli.ipynb #d6f12711
@@ -324,6 +342,8 @@ def add_screen(sub):
     sp = sub.add_parser('screen', help='score one post against every criterion (post from --post or stdin)')
     _model_args(sp)
     sp.add_argument('--post', help="the post text ('-' or absent: read stdin)")
+    sp.add_argument('--evidence', type=int, metavar='K',
+                    help='the K best sentences behind each decision (default 1 where the model scores sentences; 0: none)')
     sp.add_argument('--json', action='store_true', help='JSON lines even at a terminal (the default when piped)')
     sp.set_defaults(func=cmd_screen)
 

@@ -81,6 +81,11 @@ SCHEMA['model'] = {
                              'similarity to its description'),
     'warm_start': ('none', str, '`probe`: fit the head as logistic regressions on frozen features before '
                    'fine-tuning (epoch 0); `none`'),
+    'post_score': ('features', str, 'multi head with `segments: sentences`: `features` (the head reads the mean and '
+                   'max of the sentence vectors) or `sentences` (a logit per sentence piece, pooled into the post\'s '
+                   'logit: the sentence scores are the evidence)'),
+    'sentence_pool': ('lse', str, '`post_score: sentences`: how piece logits make the post\'s logit: `lse` (log of the '
+                      'mean of exp, a soft maximum) or `max`'),
     'head_dropout': (0.0, float, 'dropout before the head'),
 }
 
@@ -128,6 +133,9 @@ SCHEMA['train'] = {
     'deterministic': (True, bool, 'deterministic torch algorithms where torch has them'),
     'head_lr': (None, (float, type(None)), 'learning rate of the head (null: `train.lr`)'),
     'cache_frozen': (True, bool, "with `model.top_layers`: compute the frozen layers' output once per fold"),
+    'sentence_loss': (1.0, float, 'with `model.post_score: sentences` and data with annotated sentences (ReDSM5): '
+                      'weight of the loss on the sentence scores (annotated sentences positive, rejected ones and '
+                      'every sentence of a negative post negative); 0: post labels only'),
     'cache_max_gb': (2.0, float, 'above this size, cached activations are kept in bfloat16'),
     'shared_prefix': (False, bool, "decoders, pair head: a post's prompt start runs once for all its criteria"),
 }
@@ -301,6 +309,8 @@ CHOICES = {
     ('model', 'pooling'): ('auto', 'mean', 'cls', 'last'),
     ('model', 'segments'): ('post', 'sentences'),
     ('model', 'warm_start'): ('none', 'probe'),
+    ('model', 'post_score'): ('features', 'sentences'),
+    ('model', 'sentence_pool'): ('lse', 'max'),
 }
 
 # %% ../nbs/00_config.ipynb #55fa1fc4
@@ -334,6 +344,10 @@ def _check_combinations(p):
     if p.model.head == 'pair' and (p.model.segments != 'post' or p.model.criterion_similarity):
         raise InputError("model.segments: sentences and model.criterion_similarity need model.head: multi "
                          "(the pair head reads one (post, criterion) prompt)")
+    if p.model.post_score == 'sentences' and (p.model.head != 'multi' or p.model.segments != 'sentences'
+                                              or p.model.criterion_similarity):
+        raise InputError("model.post_score: sentences scores each sentence: it needs model.head: multi and "
+                         "model.segments: sentences, without model.criterion_similarity")
     if p.model.criterion_similarity and p.model.segments != 'sentences':
         raise InputError("model.criterion_similarity compares sentences with criteria: it needs "
                          "model.segments: sentences")

@@ -17,6 +17,8 @@ from .architecture import cache_kwarg, device_of
 from .model import resolve_precision, to_proba
 from .scoring import score
 from .artifacts import load_fold_model
+from .data import split_sentences
+from .evidence import sentence_scores, top_evidence
 
 # %% auto #0
 __all__ = ['POST_COLUMNS', 'TEXT_COLUMNS', 'criterion_texts', 'row_problem', 'normalize_pairs', 'FoldScorer', 'common_prefix_len',
@@ -258,6 +260,28 @@ def screen(self:Predictor, post:str, reuse:bool|None=None) -> pd.DataFrame:
     names = self.criteria.set_index('criterion_id').loc[list(known), 'name'].tolist()
     return pd.DataFrame({'criterion_id': list(known), 'name': names, 'probability': prob,
                          'label': (prob >= self.threshold).astype(int), 'threshold': self.threshold})
+
+# %% ../nbs/08_infer.ipynb #ac8832fb
+@patch
+def sentence_evidence(self:FoldScorer, post:str, ids:list) -> pd.DataFrame:
+    "`post_id` ('post'), `criterion_id`, `sentence_index`, `score` for each sentence of `post` and criterion of `ids`."
+    if not getattr(self.model, 'scores_sentences', False):
+        raise InputError("evidence needs a model that scores sentences (trained with model.post_score: sentences); "
+                         "this model scores the post as a whole")
+    _, per = score(self.model, self.tok, self.posts.encode_posts([post]), 1, self.precision, self.crit_seqs,
+                   max_tokens=self.p.train.eval_max_batch_tokens, pieces=True)
+    s = sentence_scores(['post'], self.posts.piece_sentences([post]), per, list(self.col))
+    return s[s.criterion_id.isin(list(ids))].reset_index(drop=True)
+
+# %% ../nbs/08_infer.ipynb #efddc652
+@patch
+def evidence(self:Predictor, post:str, k:int=1, ids:list|None=None) -> pd.DataFrame:
+    "The `k` best sentences of `post` for each criterion of `ids` (default: all), with their scores."
+    if not isinstance(k, int) or k < 1: raise InputError(f"the number of evidence sentences must be at least 1, got {k}")
+    ids = list(self.known) if ids is None else list(ids)
+    s = pd.concat([sc.sentence_evidence(post, ids) for sc in self.scorers])
+    s = s.groupby(['post_id', 'criterion_id', 'sentence_index'], as_index=False, sort=False).score.mean()
+    return top_evidence(s, {'post': split_sentences(post)}, k).drop(columns='post_id')
 
 # %% ../nbs/08_infer.ipynb #9f97d27e
 def _csv_rows(fh, path:Path):

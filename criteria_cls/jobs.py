@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, pandas as pd
 from .config import InputError, params_hash
-from .data import PairTable, load_table
+from .data import PairTable, load_table, sentence_labels
 from .splits import fold_pairs, read_folds, train_dev_split
-from .metrics import binary_metrics, bootstrap_ci, criterion_table, tfidf_baseline
+from .metrics import (binary_metrics, bootstrap_ci, criterion_table, evidence_ranking, evidence_table,
+                                  tfidf_baseline)
 from .artifacts import save_fold_model
 from .train import FoldResult, torch_setup, train_fold
 from . import tracking
@@ -19,7 +20,7 @@ from . import tracking
 # %% auto #0
 __all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'run_name', 'run_dir', 'CVRun', 'load_cv', 'holdout_parts', 'run_parts',
            'log_fold', 'FoldOutcome', 'fold_job', 'fold_table', 'time_table', 'always_yes_f1', 'CVSummary',
-           'cv_summary', 'summary_markdown', 'Aggregate', 'aggregate_job']
+           'cv_summary', 'evidence_doc', 'summary_markdown', 'Aggregate', 'aggregate_job']
 
 # %% ../nbs/12_jobs.ipynb #bbe7365b
 def run_name(p) -> str:
@@ -141,12 +142,16 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     tracking.log_params(client, run_id, {'split': {part: int(v.post_id.nunique()) for part, v in parts.items()}})
     torch_setup(p, threads)
     data_s = time.perf_counter() - t0
-    result = train_fold(p, parts['train'], parts['dev'], parts['test'], table.criteria, progress=progress)
+    result = train_fold(p, parts['train'], parts['dev'], parts['test'], table.criteria, progress=progress,
+                        sentences=table.sentences)
     tl = time.perf_counter()
     result.timings['data_s'] = data_s
     test, m = log_fold(client, run_id, result, k)
     stem = f'fold_{k}' if run.data.tags.get('kind') == 'fold' else 'holdout'
     test.to_csv(out / f'{stem}_test_predictions.csv', index=False)
+    if result.test_sentences is not None:        # the evidence: each test pair's sentences with their scores
+        result.test_sentences.to_csv(out / f'{stem}_test_sentences.csv', index=False)
+        tracking.log_frame(client, run_id, result.test_sentences, 'test_sentences')
     model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold,
                                 result.criteria, {'fold': k, 'run_id': run_id, 'best_epoch': result.best_epoch,
                                                   'test_f1': m['f1']})
@@ -243,6 +248,22 @@ def cv_summary(preds:pd.DataFrame,      # pooled out-of-fold test predictions: p
     }
     return CVSummary(doc, per, ci, base_ci)
 
+# %% ../nbs/12_jobs.ipynb #6671dc51
+def evidence_doc(scores:pd.DataFrame,     # out-of-fold sentence scores: post_id, criterion_id, sentence_index, score
+                 sentences:pd.DataFrame,  # the data's annotated sentences (`PairTable.sentences`)
+                 n_boot:int=1000, seed:int=42) -> dict|None:
+    "`summary.json`'s `evidence`: P@1, AP and R@3 of the sentence ranking, pooled and per criterion (None: nothing to score)."
+    if scores is None or not len(scores) or not len(sentences): return None
+    ranked = evidence_ranking(scores, sentence_labels(sentences), k=3)
+    if not len(ranked): return None
+    t = evidence_table(ranked, n=n_boot, seed=seed)
+    cell = lambda r, m: {'value': _r4(r[m]), 'low': _r4(r[f'{m}_low']), 'high': _r4(r[f'{m}_high'])}
+    placed = int((sentences.sentence_index >= 0).sum())
+    return {'pairs': int(t.loc['ALL', 'pairs']), 'annotated_sentences': len(sentences), 'placed_sentences': placed,
+            **{m: cell(t.loc['ALL'], m) for m in ('p_at_1', 'ap', 'r_at_3')},
+            'per_criterion': {c: {'pairs': int(r.pairs), **{m: _r4(r[m]) for m in ('p_at_1', 'ap', 'r_at_3')}}
+                              for c, r in t.drop(index='ALL').iterrows()}}
+
 # %% ../nbs/12_jobs.ipynb #d1e58181
 def summary_markdown(s:dict) -> str:
     "The summary as a short Markdown page."
@@ -259,6 +280,10 @@ def summary_markdown(s:dict) -> str:
         f = s['across_folds'][a]
         lines.append(f"| {a} | {o[a]['value']:.3f} ({o[a]['low']:.3f}–{o[a]['high']:.3f}) | "
                      f"{f['mean']:.3f} ± {f['std']:.3f} |")
+    if ev := s.get('evidence'):
+        lines += ['', f"Evidence ({ev['pairs']} positive pairs with an annotated sentence): the top sentence is an "
+                  f"annotated one for P@1 {ev['p_at_1']['value']:.3f} ({ev['p_at_1']['low']:.3f}–"
+                  f"{ev['p_at_1']['high']:.3f}); mean AP {ev['ap']['value']:.3f}; R@3 {ev['r_at_3']['value']:.3f}."]
     lines += ['', f"TF-IDF + logistic regression on the same folds: F1 {b['f1']:.3f} ({b['low']:.3f}–{b['high']:.3f}). "
               f"Trivial references: positive rate {ref['positive_rate']:.3f}; answering yes to every pair scores F1 "
               f"{ref['always_yes_f1']:.3f} (2p/(1+p)).", '',
@@ -326,6 +351,18 @@ def _log_summary(client, parent_id:str, s:CVSummary, preds:pd.DataFrame, folds:p
                                              **{f'std_{a}': folds[a].std(ddof=1) for a in METRICS},
                                              'baseline_oof_f1': s.baseline_ci['value']})
 
+# %% ../nbs/12_jobs.ipynb #aadebf99
+def _fold_sentences(client, latest:dict, n:int) -> pd.DataFrame|None:
+    "The folds' test sentence scores, pooled (None when the model gives none)."
+    parts = []
+    for k in range(n):
+        rid = latest[k].info.run_id
+        if 'tables/test_sentences.csv' not in {a.path for a in client.list_artifacts(rid, 'tables')}: return None
+        parts.append(tracking.load_frame(client, rid, 'test_sentences'))
+    out = pd.concat(parts, ignore_index=True)
+    out['post_id'] = out.post_id.astype(str)
+    return out
+
 # %% ../nbs/12_jobs.ipynb #42b123cc
 def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None) -> Aggregate:
     "Pool the child runs of a CV: metrics with CIs, spread over folds, baseline; write and log the summary files."
@@ -346,6 +383,9 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
     tags = tracking.with_retry(client.get_run, parent_id).data.tags
     s = cv_summary(preds, folds, base, names, _run_doc(cv, folds, table, tags.get('params_file', '')),
                    p.metrics.bootstrap, p.seed)
+    if ev := evidence_doc(_fold_sentences(client, latest, n), table.sentences, p.metrics.bootstrap, p.seed):
+        s.doc['evidence'] = ev
+        tracking.log_metrics(client, parent_id, {f'evidence_{m}': ev[m]['value'] for m in ('p_at_1', 'ap', 'r_at_3')})
     for f in _write_summary(out, s, preds, folds): tracking.log_artifact(client, parent_id, f, 'summary')
     _log_summary(client, parent_id, s, preds, folds)
     times = time_table({k: r.data.metrics for k, r in latest.items()})

@@ -87,8 +87,9 @@ def build_model(p,             # params (the `model` section is read)
     if p.model.peft != 'none':
         with quiet_hf(): backbone = get_peft_model(backbone, peft_config(p, backbone))
     n_out = n_criteria if p.model.head == 'multi' else 1
-    model = CriteriaModel(backbone, p.model.head, n_out, pooling, normalize, p.model.segments, p.model.criterion_similarity,
-                          p.model.head_dropout)
+    m = p.model
+    model = CriteriaModel(backbone, m.head, n_out, pooling, normalize, m.segments, m.criterion_similarity, m.head_dropout,
+                          m.post_score, m.sentence_pool)
     if device_of(backbone).type == 'cpu': fast_dropout(model); fast_attention_dropout(backbone)
     return model.to(device_of(backbone)), tok
 

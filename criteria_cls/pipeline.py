@@ -305,7 +305,11 @@ def _cv_done(cv:CVRun, latest:dict, report:Path, aggregate_s:float, t0:float, lo
     s = json.loads((cv.dir / 'summary.json').read_text())
     o, b = s['pooled_oof']['f1'], s['baseline_tfidf_lr']
     log(f"pooled out-of-fold F1 {o['value']:.3f} (95% CI {o['low']:.3f}-{o['high']:.3f}); "
-        f"TF-IDF baseline {b['f1']:.3f} ({b['low']:.3f}-{b['high']:.3f})")
+        f"TF-IDF baseline {b['f1']:.3f} ({b['low']:.3f}-{b['high']:.3f}); "
+        f"ROC-AUC {s['pooled_oof']['roc_auc']['value']:.3f}")
+    if ev := s.get('evidence'):
+        log(f"evidence ({ev['pairs']} positive pairs with annotated sentences): P@1 {ev['p_at_1']['value']:.3f}, "
+            f"mean AP {ev['ap']['value']:.3f}, R@3 {ev['r_at_3']['value']:.3f}")
     log(f'report: {report}\nnotebooks and summary: {cv.dir}\nMLflow: parent run {cv.parent_id} in {cv.tracking_uri}\n'
         f'browse it: {ui_command(cv.tracking_uri)}')
     times = time_table({k: r.data.metrics for k, r in latest.items()})

@@ -13,7 +13,7 @@ from .scoring import from_states, to_device, token_batches
 from .tasks import Task
 
 # %% auto #0
-__all__ = ['PROBE_C', 'unit_features', 'probe_head']
+__all__ = ['PROBE_C', 'unit_features', 'pool_logits', 'sentence_probe_data', 'probe_head']
 
 # %% ../nbs/06b_probe.ipynb #8d7b0ea7
 def unit_features(model, task:Task, batch_size:int=64) -> np.ndarray:
@@ -28,21 +28,43 @@ def unit_features(model, task:Task, batch_size:int=64) -> np.ndarray:
     finally: model.train(was)
     return np.concatenate(out)
 
+# %% ../nbs/06b_probe.ipynb #30ad8cbd
+def pool_logits(Z:np.ndarray, counts:list, how:str='lse') -> np.ndarray:
+    "Piece logits `[pieces, C]` pooled per unit of `counts` pieces (`lse`: log of the mean of exp; `max`)."
+    out = []
+    for z in np.split(Z, np.cumsum(counts)[:-1]):
+        m = z.max(0)
+        out.append(m if how == 'max' else m + np.log(np.exp(z - m).mean(0)))
+    return np.stack(out)
+
+def sentence_probe_data(task:Task, X:np.ndarray, j:int) -> tuple:
+    "`(X, y)` to fit criterion `j`'s sentence scorer on: labelled pieces, or (no labels) each post's mean piece."
+    labels = task.pieces.get('labels')
+    if labels is not None:
+        L = np.concatenate(labels)[:, j]
+        return X[L >= 0], L[L >= 0]
+    means = np.stack([x.mean(0) for x in np.split(X, np.cumsum([len(u) for u in task.units])[:-1])])
+    rows = task.M[:, j] > 0
+    return means[rows], task.Y[rows, j]
+
 # %% ../nbs/06b_probe.ipynb #958f4c2f
 PROBE_C = (0.25, 1.0, 4.0)
 
 def probe_head(model, train:Task, dev:Task, select:str='f1', step:float=0.01, batch_size:int=64) -> float:
     "Fit the head as logistic regressions on frozen features; the C that `select` prefers on dev. Returns C."
     Xtr, Xdv = unit_features(model, train, batch_size), unit_features(model, dev, batch_size)
-    best = None
+    sent, best = getattr(model, 'scores_sentences', False), None
     for C in PROBE_C:
         W, b = np.zeros((model.n_out, Xtr.shape[1])), np.zeros(model.n_out)
         for j in range(model.n_out):
-            rows = train.M[:, j] > 0; y = train.Y[rows, j]
+            rows = train.M[:, j] > 0
+            X, y = sentence_probe_data(train, Xtr, j) if sent else (Xtr[rows], train.Y[rows, j])
             if len(np.unique(y)) < 2: b[j] = np.log((y.mean() + 1e-3) / (1 - y.mean() + 1e-3)); continue
-            lr = LogisticRegression(C=C, class_weight='balanced', max_iter=3000).fit(Xtr[rows], y)
+            lr = LogisticRegression(C=C, class_weight='balanced', max_iter=3000).fit(X, y)
             W[j], b[j] = lr.coef_[0], lr.intercept_[0]
-        prob = dev.pair_probs(1 / (1 + np.exp(-(Xdv @ W.T + b))))
+        Z = Xdv @ W.T + b
+        if sent: Z = pool_logits(Z, [len(u) for u in dev.units], model.sentence_pool)
+        prob = dev.pair_probs(1 / (1 + np.exp(-Z)))
         y_dv = dev.Y[dev.rows, dev.cols]
         score_ = binary_metrics(y_dv, prob, best_threshold(y_dv, prob, step, select))[select]
         if best is None or score_ > best[0]: best = (score_, C, W, b)

@@ -260,6 +260,19 @@ def encode_sentences(self:PostEncoder, posts) -> list:
         out.append([self.wrap(c) for c in _keep_ends(pieces, self.max_sentences)])
     return out
 
+# %% ../nbs/04_prompt.ipynb #bbc06653
+@patch
+def piece_sentences(self:PostEncoder, posts) -> list:
+    "Per post, the index in `split_sentences(post)` of the sentence each of its pieces (`encode_sentences`) comes from."
+    budget = self.sentence_max_length - len(self.frame.head) - len(self.frame.tail)
+    split = [split_sentences(p) for p in posts]
+    flat = self.tok([s for ss in split for s in ss], add_special_tokens=False)['input_ids'] if split else []
+    out, j = [], 0
+    for ss in split:
+        owners = [k for k, ids in enumerate(flat[j:j + len(ss)]) for _ in _chunks(ids, budget)]; j += len(ss)
+        out.append(_keep_ends(owners, self.max_sentences))
+    return out
+
 # %% ../nbs/04_prompt.ipynb #a93928ea
 @patch
 def encode_posts(self:PostEncoder, posts) -> list:

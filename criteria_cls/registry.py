@@ -14,12 +14,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 from .config import DEFAULT_MODEL_NAME, InputError
-from .infer import Predictor, load_folder
+from .infer import Predictor, load_folder, normalize_pairs
 from . import tracking
 
 # %% auto #0
 __all__ = ['PYFUNC_CONFIG', 'SMOKE_STEPS', 'fold_members', 'RunModels', 'resolve_run', 'pyfunc_members', 'load_predictor',
-           'CriteriaClsModel', 'pyfunc_signature', 'describe_run', 'register']
+           'evidence_column', 'CriteriaClsModel', 'pyfunc_signature', 'describe_run', 'register']
 
 # %% ../nbs/09_registry.ipynb #c85c85b2
 def fold_members(client, run, ensemble:bool) -> tuple:
@@ -122,6 +122,17 @@ def load_predictor(uri:str,                # runs:/<id>, models:/<name>@<alias> 
         if (d / 'MLmodel').exists(): return _from_pyfunc(d, uri)
         return Predictor.from_folders([d], None, uri, {'kind': 'folder'})
 
+# %% ../nbs/09_registry.ipynb #ed705a28
+def evidence_column(pred:Predictor, posts:list, ids:list, k:int=1) -> list:
+    "Per row, its `k` best sentences with their scores as JSON (`[]` where the model does not score sentences)."
+    if not any(getattr(s.model, 'scores_sentences', False) for s in pred.scorers): return ['[]'] * len(posts)
+    seen = {}
+    for post in dict.fromkeys(posts):
+        ev = pred.evidence(post, k)
+        seen[post] = {c: [{'sentence': s, 'score': round(float(v), 4)} for s, v in zip(g.sentence, g.score)]
+                      for c, g in ev.groupby('criterion_id', sort=False)}
+    return [json.dumps(seen[p].get(c, [])) for p, c in zip(posts, ids)]
+
 # %% ../nbs/09_registry.ipynb #4d5514ec
 class CriteriaClsModel(mlflow.pyfunc.PythonModel):
     "MLflow pyfunc wrapper around `Predictor` (artifacts: fold model folders and predictor.json)."
@@ -134,18 +145,20 @@ class CriteriaClsModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        try: out = self.predictor.predict(df, where='request')
+        try:
+            out = self.predictor.predict(df, where='request')[['criterion_id', 'probability', 'label', 'threshold']]
+            posts = normalize_pairs(df, self.predictor.known, where='request', texts=False).post.tolist()
+            return out.assign(evidence=evidence_column(self.predictor, posts, out.criterion_id.tolist()))
         except InputError as e: raise MlflowException.invalid_parameter_value(str(e)) from None
-        return out[['criterion_id', 'probability', 'label', 'threshold']]
 
 # %% ../nbs/09_registry.ipynb #b1ffe60f
 def pyfunc_signature() -> ModelSignature:
-    "Input: post, criterion_id, optional criterion text. Output: criterion_id, probability, label, threshold."
+    "Input: post, criterion_id, optional criterion text. Output: criterion_id, probability, label, threshold, evidence."
     return ModelSignature(
         inputs=Schema([ColSpec('string', 'post'), ColSpec('string', 'criterion_id'),
                        ColSpec('string', 'criterion', required=False)]),
         outputs=Schema([ColSpec('string', 'criterion_id'), ColSpec('double', 'probability'), ColSpec('long', 'label'),
-                        ColSpec('double', 'threshold')]))
+                        ColSpec('double', 'threshold'), ColSpec('string', 'evidence')]))
 
 # %% ../nbs/09_registry.ipynb #bdc50d38
 SMOKE_STEPS = 50   # fewer optimizer steps than this: a smoke-test budget, not a model

@@ -13,7 +13,7 @@ from .cache import flat_states, layers_between, stack_states, states_of_criteria
 
 # %% auto #0
 __all__ = ['unit_length', 'length_chunks', 'unit_tokens', 'token_batches', 'collate_units', 'to_device', 'from_states',
-           'unit_logits', 'score']
+           'unit_outputs', 'unit_logits', 'score']
 
 # %% ../nbs/05e_scoring.ipynb #c590caa6
 def unit_length(unit) -> int:
@@ -79,10 +79,14 @@ def from_states(model, batch:dict, states:list|None=None, k:int=0):
     with layers_between(model.backbone, k, n_layers(model.backbone), outs): yield
 
 # %% ../nbs/05e_scoring.ipynb #c4e08e67
-def unit_logits(model, batch:dict, precision:str='no', states:list|None=None, k:int=0):
-    "Logits of a batch; with `states` (per sequence, in batch order, then the criteria's) only the layers above `k` run."
+def unit_outputs(model, batch:dict, precision:str='no', states:list|None=None, k:int=0):
+    "The model's output on a batch; with `states` (per sequence, in batch order, then the criteria's) only the layers above `k` run."
     batch = to_device(batch, device_of(model))
-    with from_states(model, batch, states, k), autocast(precision, device_of(model)): return model(**batch).logits
+    with from_states(model, batch, states, k), autocast(precision, device_of(model)): return model(**batch)
+
+def unit_logits(model, batch:dict, precision:str='no', states:list|None=None, k:int=0):
+    "Logits of a batch (see `unit_outputs`)."
+    return unit_outputs(model, batch, precision, states, k).logits
 
 # %% ../nbs/05e_scoring.ipynb #89e5d142
 def score(model,                 # a `CriteriaModel`
@@ -94,17 +98,22 @@ def score(model,                 # a `CriteriaModel`
           states:list|None=None,   # cached frozen-layer states per unit (a list per unit for sentences) and `k`
           k:int=0,
           max_tokens:int|None=None, # tokens per forward pass at most, padding counted (`train.eval_max_batch_tokens`)
-         ) -> np.ndarray:
-    "Probabilities per unit, in order: `[N]` for one output, `[N, criteria]` for a multi head."
+          pieces:bool=False,        # also return each unit's piece probabilities (a head that scores sentences)
+         ):
+    "Probabilities per unit, in order: `[N]` for one output, `[N, criteria]` for a multi head (and the pieces')."
     if not units: return np.zeros((0,) if model.n_out == 1 else (0, model.n_out))
     order = np.argsort([-unit_length(u) for u in units], kind='stable')
-    out = np.zeros((len(units), model.n_out))
+    out, per_unit = np.zeros((len(units), model.n_out)), [None] * len(units)
     was_training = model.training; model.eval()
     try:
         with torch.inference_mode():
             for idx in token_batches(units, order, batch_size, max_tokens):
                 st = None if states is None else flat_states([states[i] for i in idx], criteria and states_of_criteria(states))
-                logits = unit_logits(model, collate_units(tokenizer, [units[i] for i in idx], criteria), precision, st, k)
-                out[idx] = torch.sigmoid(logits.float()).cpu().numpy()
+                o = unit_outputs(model, collate_units(tokenizer, [units[i] for i in idx], criteria), precision, st, k)
+                out[idx] = torch.sigmoid(o.logits.float()).cpu().numpy()
+                if pieces and o.pieces is not None:
+                    split = torch.split(torch.sigmoid(o.pieces.float()).cpu(), [len(units[i]) for i in idx])
+                    for i, x in zip(idx, split): per_unit[i] = x.numpy()
     finally: model.train(was_training)
-    return out[:, 0] if model.n_out == 1 else out
+    probs = out[:, 0] if model.n_out == 1 else out
+    return (probs, per_unit) if pieces else probs

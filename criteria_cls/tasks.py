@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np, pandas as pd, torch
 from .config import InputError
 from .prompt import CRITERION_COLUMN, PostEncoder, PromptEncoder, pair_inputs
-from .architecture import cache_kwarg, device_of, shared_forward
+from .architecture import CriteriaOutput, cache_kwarg, device_of, shared_forward
 from .model import autocast
 from .cache import UnitStates, flat_states, frozen_states
-from .scoring import collate_units, score, to_device, token_batches, unit_length, unit_logits
+from .evidence import piece_labels, piece_weights, sentence_scores
+from .scoring import collate_units, score, to_device, token_batches, unit_length, unit_outputs
 
 # %% auto #0
 __all__ = ['length_grouped_batches', 'class_weights', 'epoch_indices', 'Epoch', 'cache_units', 'token_budget', 'Task',
@@ -96,10 +97,14 @@ class Task:
     "Units of one part of a fold, their labels `Y` and mask `M` [units, outputs], where each pair is, and cached states."
     def __init__(self, units:list, Y:np.ndarray, M:np.ndarray, rows:np.ndarray, cols:np.ndarray, tokenizer,
                  criteria:list|None=None, states:UnitStates|None=None, k:int=0,
-                 budget:tuple=(None, None)):  # tokens per batch at most: (training, scoring); see `token_budget`
+                 budget:tuple=(None, None),  # tokens per batch at most: (training, scoring); see `token_budget`
+                 pieces:dict|None=None):     # a post task's sentences: `ids`, `owners`, `labels` (see `post_task`)
         self.units, self.Y, self.M, self.rows, self.cols = units, np.asarray(Y, float), np.asarray(M, float), rows, cols
         self.tok, self.criteria, self.states, self.k = tokenizer, criteria, states, k
         self.train_tokens, self.eval_tokens = budget
+        self.pieces = pieces or {}
+        labels = self.pieces.get('labels')
+        self.piece_weights = None if labels is None else piece_weights(labels)
 
     def __len__(self): return len(self.units)
 
@@ -110,10 +115,14 @@ class Task:
         "The padded batch of units `idx` (`pad_to`: pad to that many tokens, for benchmarks)."
         return collate_units(self.tok, [self.units[i] for i in idx], self.criteria, pad_to)
 
-    def logits(self, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
-        "Logits of units `idx` (from the cached frozen-layer states when there are; `active` matters to a `SharedTask`)."
+    def outputs(self, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
+        "The model's output on units `idx`: logits, and a sentence-scoring head's piece logits (cached states when there are)."
         st = None if self.states is None else flat_states([self.states[i] for i in idx], self.states.criteria)
-        return unit_logits(model, self.batch(idx, pad_to), precision, st, self.k)
+        return unit_outputs(model, self.batch(idx, pad_to), precision, st, self.k)
+
+    def logits(self, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
+        "Logits of units `idx` (`active` matters to a `SharedTask`)."
+        return self.outputs(model, idx, precision, active, pad_to).logits
 
     def cached(self, model, k:int, batch_size:int=64, max_gb:float=2.0) -> Task:
         "This task with the bottom `k` layers' output of every unit computed once (itself when `k` is 0)."
@@ -145,6 +154,14 @@ class Task:
         return self.pair_probs(score(model, self.tok, self.units, batch_size, precision, self.criteria, self.states, self.k,
                                      self.eval_tokens))
 
+    def score_pieces(self, model, batch_size:int=64, precision:str='no', criteria:list|None=None) -> tuple:
+        "`(P(match) of every pair, sentence scores of every pair)` from a head that scores sentences (see `evidence`)."
+        probs, per = score(model, self.tok, self.units, batch_size, precision, self.criteria, self.states, self.k,
+                           self.eval_tokens, pieces=True)
+        ids = self.pieces['ids']
+        pairs = {(ids[r], criteria[c]) for r, c in zip(self.rows, self.cols)}
+        return self.pair_probs(probs), sentence_scores(ids, self.pieces['owners'], per, criteria, pairs)
+
 # %% ../nbs/06a_tasks.ipynb #d47a9a78
 def pair_task(p, tokenizer, pairs:pd.DataFrame) -> Task:
     "The pair head's task: one prompt per pair."
@@ -154,7 +171,8 @@ def pair_task(p, tokenizer, pairs:pd.DataFrame) -> Task:
                 budget=token_budget(p))
 
 # %% ../nbs/06a_tasks.ipynb #31bfa6af
-def post_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, similarity:bool=False) -> Task:
+def post_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, similarity:bool=False,
+              sentences:pd.DataFrame|None=None) -> Task:  # annotated sentences: labels for a sentence-scoring head
     "The multi head's task: one unit per post, one output per criterion (in the order of `criteria`)."
     enc = PostEncoder.from_params(tokenizer, p)
     posts = pairs.drop_duplicates('post_id')
@@ -166,7 +184,13 @@ def post_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, similarit
     Y, M = np.zeros((len(posts), len(col))), np.zeros((len(posts), len(col)))
     Y[rows, cols], M[rows, cols] = pairs.label.to_numpy(), 1
     crit = enc.encode_texts(criteria.description.tolist(), p.prompt.sentence_max_length) if similarity else None
-    return Task(enc.encode_posts(posts.text.tolist()), Y, M, rows, cols, tokenizer, crit, budget=token_budget(p))
+    pieces = None
+    if p.model.segments == 'sentences':
+        ids, owners = posts.post_id.tolist(), enc.piece_sentences(posts.text.tolist())
+        pieces = {'ids': ids, 'owners': owners,
+                  'labels': piece_labels(ids, Y, M, owners, sentences, list(col)) if p.train.sentence_loss else None}
+    return Task(enc.encode_posts(posts.text.tolist()), Y, M, rows, cols, tokenizer, crit, budget=token_budget(p),
+                pieces=pieces)
 
 # %% ../nbs/06a_tasks.ipynb #ebfee260
 class SharedTask(Task):
@@ -200,6 +224,10 @@ class SharedTask(Task):
                                 torch.as_tensor(pr, device=dev))
         out = torch.zeros(len(idx), self.M.shape[1], dtype=lg.dtype, device=dev)
         return out.index_put((torch.as_tensor(pr, device=dev), torch.as_tensor(pc, device=dev)), lg[:, 0])
+
+    def outputs(self, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
+        "The logits of `logits`, as a model output."
+        return CriteriaOutput(self.logits(model, idx, precision, active, pad_to))
 
     def score(self, model, batch_size:int=64, precision:str='no') -> np.ndarray:
         "P(match) of every pair of the part: posts in length-sorted batches, each prefix run once."
@@ -239,8 +267,11 @@ def shares_prefix(p, model, note=print) -> bool:
     return why is None
 
 # %% ../nbs/06a_tasks.ipynb #0d99ed20
-def make_task(p, model, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, shared:bool=False) -> Task:
+def make_task(p, model, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, shared:bool=False,
+              sentences:pd.DataFrame|None=None) -> Task:
     "The task of `pairs` for the model's head (`shared`: one prompt start per post, see `shares_prefix`)."
-    if model.kind == 'multi': return post_task(p, tokenizer, pairs.reset_index(drop=True), criteria, model.similarity)
+    if model.kind == 'multi':
+        labelled = sentences if getattr(model, 'scores_sentences', False) else None
+        return post_task(p, tokenizer, pairs.reset_index(drop=True), criteria, model.similarity, labelled)
     if shared: return shared_task(p, tokenizer, pairs.reset_index(drop=True), criteria)
     return pair_task(p, tokenizer, pairs.reset_index(drop=True))

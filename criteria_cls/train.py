@@ -22,9 +22,9 @@ from .tasks import Epoch, Task, make_task, shares_prefix
 from .probe import probe_head
 
 # %% auto #0
-__all__ = ['torch_setup', 'train_step', 'make_optimizer', 'dev_record', 'KeepBest', 'train_mode', 'Stopwatch', 'FoldResult',
-           'pairs_criteria', 'Fold', 'prepare_fold', 'fold_tasks', 'Fit', 'start_fit', 'warm_start', 'optimizer_step',
-           'fit_epoch', 'score_test', 'train_fold']
+__all__ = ['torch_setup', 'sentence_targets', 'train_step', 'make_optimizer', 'dev_record', 'KeepBest', 'train_mode', 'Stopwatch',
+           'FoldResult', 'pairs_criteria', 'Fold', 'prepare_fold', 'fold_tasks', 'Fit', 'start_fit', 'warm_start',
+           'optimizer_step', 'fit_epoch', 'score_test', 'train_fold']
 
 # %% ../nbs/06c_train.ipynb #6cc6be18
 def torch_setup(p, threads:int|None=None):
@@ -53,30 +53,51 @@ def _halve(state:_StepState, model, step:int, n:int, e:BaseException):
     print(f"step {step}: {type(e).__name__}: micro-batch halved to {state.micro} "
           f"(accumulation {acc}, effective batch {n} kept)", file=sys.stderr)
 
+# %% ../nbs/06c_train.ipynb #2da3df2f
+class _ByUnit(dict):
+    "Per-unit tensors, indexed by a list of units (in that order)."
+    def __getitem__(self, idx): return [dict.__getitem__(self, i) for i in idx]
+
+def sentence_targets(task:Task, group:list, device='cpu') -> tuple|None:
+    "`(labels per unit, weights per unit, the group's total weight)` of the pieces of `group` (None without labels)."
+    labels, W = task.pieces.get('labels'), task.piece_weights
+    if labels is None: return None
+    ys, ws = _ByUnit(), _ByUnit()
+    for i in group:
+        L = labels[i]
+        ys[i] = torch.as_tensor(np.clip(L, 0, 1), dtype=torch.float32, device=device)
+        ws[i] = torch.as_tensor(np.where(L < 0, 0.0, np.where(L == 1, W[:, 1], W[:, 0])), dtype=torch.float32, device=device)
+    return ys, ws, float(sum(w.sum() for w in ws.values())) or 1.0
+
 # %% ../nbs/06c_train.ipynb #cf55cf62
 def train_step(model, group:list, task:Task, state:_StepState, weights:np.ndarray, precision:str='no', scaler=None,
                on_micro_batch=None, step:int=0,
                active:np.ndarray|None=None,  # [units, outputs] the epoch trains (`Epoch.active`); default: every pair
                pad_to:int|None=None,         # pad every micro-batch to this many tokens (benchmarks)
+               sentence_loss:float=0.0,      # weight of the loss on sentence scores (where the task has piece labels)
               ) -> float:
     "Forward/backward one group of units in micro-batches (gradients accumulated); returns the group's loss."
     dev, active = device_of(model), task.M if active is None else active
     total = float((weights[group] * active[group]).sum()) or 1.0
+    pieces = sentence_targets(task, group, dev) if sentence_loss else None
     while True:
         try:
             loss_sum = 0.0
             for mb in token_batches(task.units, group, state.micro, task.train_tokens, pad_to):
                 if on_micro_batch is not None: on_micro_batch(len(mb))
-                logits = task.logits(model, mb, precision, active, pad_to).float()
+                out = task.outputs(model, mb, precision, active, pad_to)
                 y = torch.as_tensor(task.Y[mb], dtype=torch.float32, device=dev)
                 w = torch.as_tensor(weights[mb] * active[mb], dtype=torch.float32, device=dev)
-                loss = (F.binary_cross_entropy_with_logits(logits, y, reduction='none') * w).sum() / total
+                loss = (F.binary_cross_entropy_with_logits(out.logits.float(), y, reduction='none') * w).sum() / total
+                if pieces is not None and out.pieces is not None:
+                    bce = F.binary_cross_entropy_with_logits(out.pieces.float(), torch.cat(pieces[0][mb]), reduction='none')
+                    loss = loss + sentence_loss * (bce * torch.cat(pieces[1][mb])).sum() / pieces[2]
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_sum += loss.item()
             return loss_sum
         except _oom_types() as e:
             if state.micro == 1: raise
-            logits = loss = None
+            out = loss = None   # free the graph before retrying
             _halve(state, model, step, len(group), e)
 
 # %% ../nbs/06c_train.ipynb #720ea426
@@ -178,6 +199,7 @@ class FoldResult:
     units_trained: int = 0    # units the steps consumed (over all epochs)
     frozen_layers_cached: int = 0   # bottom layers computed once (0: none)
     precision: str|None = None      # the autocast that ran (bf16 | fp16 | no)
+    test_sentences: pd.DataFrame|None = None  # a head that scores sentences: post_id, criterion_id, sentence_index, score
 
     @property
     def train_units_per_s(self) -> float:
@@ -226,10 +248,12 @@ class Fold:
     precision: str = 'no'    # the resolved autocast (bf16 | fp16 | no)
     frozen: int = 0          # bottom layers that never change (`frozen_layers`)
     shared: bool = False     # one prompt start per post (`shares_prefix`)
+    sentences: pd.DataFrame|None = None   # annotated sentences: labels for a head that scores sentences
 
 # %% ../nbs/06c_train.ipynb #25318bf2
 def prepare_fold(p, train_pairs:pd.DataFrame, dev_pairs:pd.DataFrame, test_pairs:pd.DataFrame|None=None,
-                 criteria:pd.DataFrame|None=None, model=None, tokenizer=None, device:str|None=None) -> Fold:
+                 criteria:pd.DataFrame|None=None, model=None, tokenizer=None, device:str|None=None,
+                 sentences:pd.DataFrame|None=None) -> Fold:
     "Check the pairs, set threads and seeds, build the model (unless given) and resolve its precision."
     T, col = p.train, CRITERION_COLUMN[p.prompt.criterion_text]
     for df, what in ((train_pairs, 'train'), (dev_pairs, 'dev'), (test_pairs, 'test')):
@@ -243,13 +267,14 @@ def prepare_fold(p, train_pairs:pd.DataFrame, dev_pairs:pd.DataFrame, test_pairs
         model, tokenizer = build_model(p, device or ('cuda' if torch.cuda.is_available() else 'cpu'), n_criteria=len(criteria))
     precision = resolve_precision(T.mixed_precision, device_of(model))
     shared = shares_prefix(p, model, lambda m: print(m, file=sys.stderr))
-    return Fold(p, model, tokenizer, criteria, precision, frozen_layers(p, model), shared)
+    return Fold(p, model, tokenizer, criteria, precision, frozen_layers(p, model), shared, sentences)
 
 # %% ../nbs/06c_train.ipynb #1414f6b5
 def fold_tasks(f:Fold, train_pairs:pd.DataFrame, dev_pairs:pd.DataFrame) -> tuple:
     "`(train, dev)` tasks, with the frozen layers' output computed once (`train.cache_frozen`)."
     T = f.p.train
-    tasks = [make_task(f.p, f.model, f.tokenizer, d, f.criteria, f.shared) for d in (_subsample(f.p, train_pairs), dev_pairs)]
+    tasks = [make_task(f.p, f.model, f.tokenizer, d, f.criteria, f.shared, f.sentences)
+             for d in (_subsample(f.p, train_pairs), dev_pairs)]
     if T.cache_frozen: tasks = [t.cached(f.model, f.frozen, T.eval_batch_size, T.cache_max_gb) for t in tasks]
     return tuple(tasks)
 
@@ -302,7 +327,7 @@ def optimizer_step(f:Fold, fit:Fit, task:Task, epoch:Epoch, group:list, on_micro
     T = f.p.train
     fit.opt.zero_grad(set_to_none=True)
     loss = train_step(f.model, group, task, fit.state, fit.weights, f.precision, fit.scaler, on_micro_batch, fit.steps,
-                      epoch.active)
+                      epoch.active, sentence_loss=T.sentence_loss)
     if fit.scaler is not None: fit.scaler.unscale_(fit.opt)
     if T.max_grad_norm: torch.nn.utils.clip_grad_norm_(fit.params, T.max_grad_norm)
     if fit.scaler is not None: fit.scaler.step(fit.opt); fit.scaler.update()
@@ -330,11 +355,14 @@ def fit_epoch(f:Fold, fit:Fit, train:Task, dev:Task, n:int, sw:Stopwatch, on_mic
     return rec
 
 # %% ../nbs/06c_train.ipynb #6cd44f91
-def score_test(f:Fold, test_pairs:pd.DataFrame) -> pd.DataFrame:
-    "The test pairs with their probabilities, scored once by the model as it is (the kept epoch's weights)."
+def score_test(f:Fold, test_pairs:pd.DataFrame) -> tuple:
+    "`(test pairs with their probabilities, their sentence scores or None)`, scored once by the model as it is."
     test_pairs = test_pairs.reset_index(drop=True)
     task = make_task(f.p, f.model, f.tokenizer, test_pairs, f.criteria, f.shared)
-    return _predictions(test_pairs, task.score(f.model, f.p.train.eval_batch_size, f.precision))
+    if not getattr(f.model, 'scores_sentences', False):
+        return _predictions(test_pairs, task.score(f.model, f.p.train.eval_batch_size, f.precision)), None
+    prob, sentences = task.score_pieces(f.model, f.p.train.eval_batch_size, f.precision, list(f.criteria.criterion_id))
+    return _predictions(test_pairs, prob), sentences
 
 # %% ../nbs/06c_train.ipynb #050192ed
 def train_fold(p,                              # resolved params
@@ -346,10 +374,12 @@ def train_fold(p,                              # resolved params
                device:str|None=None,           # cpu | cuda; default: cuda when available
                on_micro_batch=None,            # called with each micro-batch's size before its forward pass
                progress=True,                  # True: tqdm bars; 'log': a line per epoch on stderr; False: nothing
+               sentences:pd.DataFrame|None=None, # annotated sentences (`PairTable.sentences`): labels for sentence scores
               ) -> FoldResult:
     "Train one fold with early stopping on dev (`metrics.select`); tune the threshold on dev; score test at the end."
     T, sw = p.train, Stopwatch()
-    with sw('setup'): f = prepare_fold(p, train_pairs, dev_pairs, test_pairs, criteria, model, tokenizer, device)
+    with sw('setup'):
+        f = prepare_fold(p, train_pairs, dev_pairs, test_pairs, criteria, model, tokenizer, device, sentences)
     with sw('encode_cache'): train, dev = fold_tasks(f, train_pairs, dev_pairs)
     fit = start_fit(f, train)
     if p.model.warm_start == 'probe':
@@ -358,10 +388,10 @@ def train_fold(p,                              # resolved params
         fit_epoch(f, fit, train, dev, n, sw, on_micro_batch, progress)
         if fit.keep.since >= T.patience or (T.max_steps and fit.steps >= T.max_steps): break
     fit.keep.restore(); f.model.eval()
-    test = None
+    test = evidence = None
     if test_pairs is not None:
-        with sw('test'): test = score_test(f, test_pairs)
+        with sw('test'): test, evidence = score_test(f, test_pairs)
     best = fit.keep.best
     return FoldResult(fit.history, best['rec']['epoch'], best['rec']['dev_threshold'], _predictions(dev_pairs, best['prob']),
                       test, sw.timings(), f.model, f.tokenizer, f.criteria, fit.state.backoffs, fit.steps, fit.units,
-                      train.k, f.precision)
+                      train.k, f.precision, evidence)
