@@ -4,11 +4,14 @@
 
 # %% ../nbs/05g_evidence.ipynb #df1129d9
 from __future__ import annotations
-import numpy as np, pandas as pd
-from .data import sentence_labels
+import numpy as np, pandas as pd, torch
+from .data import sentence_labels, split_sentences
+from .architecture import pool
+from .model import load_backbone
+from .metrics import cosine_scores
 
 # %% auto #0
-__all__ = ['piece_labels', 'piece_weights', 'sentence_scores', 'top_evidence']
+__all__ = ['piece_labels', 'piece_weights', 'sentence_scores', 'top_evidence', 'embed_texts', 'cosine_sentence_scores']
 
 # %% ../nbs/05g_evidence.ipynb #626a7a7f
 def piece_labels(post_ids:list,            # the post of each unit (task order)
@@ -66,3 +69,24 @@ def top_evidence(scores:pd.DataFrame,  # `sentence_scores` rows
     top['rank'] = top.groupby(['post_id', 'criterion_id']).cumcount() + 1
     top['sentence'] = [texts[p][i] for p, i in zip(top.post_id, top.sentence_index)]
     return top[['post_id', 'criterion_id', 'rank', 'sentence_index', 'sentence', 'score']].reset_index(drop=True)
+
+# %% ../nbs/05g_evidence.ipynb #09e12625
+def embed_texts(backbone, tok, texts:list, pooling:str='mean', batch_size:int=64, max_length:int=128) -> np.ndarray:
+    "Unit-length vectors of `texts` under a frozen backbone (its pooling), `[texts, H]`."
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(texts), batch_size):
+            b = tok(texts[s:s + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors='pt')
+            h = backbone(input_ids=b['input_ids'], attention_mask=b['attention_mask']).last_hidden_state
+            out.append(torch.nn.functional.normalize(pool(h, b['attention_mask'], pooling).float(), dim=-1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, backbone.config.hidden_size))
+
+def cosine_sentence_scores(p, posts:pd.DataFrame, criteria:pd.DataFrame, pairs:set|None=None) -> pd.DataFrame:
+    "The zero-shot baseline's `sentence_scores`: each sentence's cosine to the description, frozen `model.backbone`."
+    backbone, tok, (pooling, _) = load_backbone(p, 'cpu')
+    split = [split_sentences(t) for t in posts.text]
+    S = embed_texts(backbone.eval(), tok, [s for ss in split for s in ss], pooling)
+    C = cosine_scores(S, embed_texts(backbone, tok, criteria.description.tolist(), pooling))
+    owners = [list(range(len(ss))) for ss in split]
+    per = np.split(C, np.cumsum([len(ss) for ss in split])[:-1])
+    return sentence_scores(posts.post_id.tolist(), owners, per, criteria.criterion_id.tolist(), pairs)

@@ -14,6 +14,7 @@ from .splits import fold_pairs, read_folds, train_dev_split
 from .metrics import (binary_metrics, bootstrap_ci, criterion_table, evidence_ranking, evidence_table,
                                   tfidf_baseline)
 from .artifacts import save_fold_model
+from .evidence import cosine_sentence_scores
 from .train import FoldResult, torch_setup, train_fold
 from . import tracking
 
@@ -251,16 +252,23 @@ def cv_summary(preds:pd.DataFrame,      # pooled out-of-fold test predictions: p
 # %% ../nbs/12_jobs.ipynb #6671dc51
 def evidence_doc(scores:pd.DataFrame,     # out-of-fold sentence scores: post_id, criterion_id, sentence_index, score
                  sentences:pd.DataFrame,  # the data's annotated sentences (`PairTable.sentences`)
-                 n_boot:int=1000, seed:int=42) -> dict|None:
+                 n_boot:int=1000, seed:int=42,
+                 baseline:pd.DataFrame|None=None, # the zero-shot cosine baseline's sentence scores, same columns
+                ) -> dict|None:
     "`summary.json`'s `evidence`: P@1, AP and R@3 of the sentence ranking, pooled and per criterion (None: nothing to score)."
     if scores is None or not len(scores) or not len(sentences): return None
-    ranked = evidence_ranking(scores, sentence_labels(sentences), k=3)
+    labels = sentence_labels(sentences)
+    ranked = evidence_ranking(scores, labels, k=3)
     if not len(ranked): return None
     t = evidence_table(ranked, n=n_boot, seed=seed)
     cell = lambda r, m: {'value': _r4(r[m]), 'low': _r4(r[f'{m}_low']), 'high': _r4(r[f'{m}_high'])}
     placed = int((sentences.sentence_index >= 0).sum())
-    return {'pairs': int(t.loc['ALL', 'pairs']), 'annotated_sentences': len(sentences), 'placed_sentences': placed,
-            **{m: cell(t.loc['ALL'], m) for m in ('p_at_1', 'ap', 'r_at_3')},
+    doc = {'pairs': int(t.loc['ALL', 'pairs']), 'annotated_sentences': len(sentences), 'placed_sentences': placed,
+           **{m: cell(t.loc['ALL'], m) for m in ('p_at_1', 'ap', 'r_at_3')}}
+    if baseline is not None and len(baseline):   # on the same pairs
+        b = evidence_ranking(baseline, labels, k=3).merge(ranked[['post_id', 'criterion_id']])
+        doc['cosine_baseline'] = {m: _r4(b[m].mean()) for m in ('p_at_1', 'ap', 'r_at_3')}
+    return {**doc,
             'per_criterion': {c: {'pairs': int(r.pairs), **{m: _r4(r[m]) for m in ('p_at_1', 'ap', 'r_at_3')}}
                               for c, r in t.drop(index='ALL').iterrows()}}
 
@@ -284,6 +292,9 @@ def summary_markdown(s:dict) -> str:
         lines += ['', f"Evidence ({ev['pairs']} positive pairs with an annotated sentence): the top sentence is an "
                   f"annotated one for P@1 {ev['p_at_1']['value']:.3f} ({ev['p_at_1']['low']:.3f}–"
                   f"{ev['p_at_1']['high']:.3f}); mean AP {ev['ap']['value']:.3f}; R@3 {ev['r_at_3']['value']:.3f}."]
+        if b := ev.get('cosine_baseline'):
+            lines += [f"Zero-shot reference (each sentence's cosine to the description, frozen backbone): P@1 "
+                      f"{b['p_at_1']:.3f}, mean AP {b['ap']:.3f}, R@3 {b['r_at_3']:.3f}."]
     lines += ['', f"TF-IDF + logistic regression on the same folds: F1 {b['f1']:.3f} ({b['low']:.3f}–{b['high']:.3f}). "
               f"Trivial references: positive rate {ref['positive_rate']:.3f}; answering yes to every pair scores F1 "
               f"{ref['always_yes_f1']:.3f} (2p/(1+p)).", '',
@@ -383,7 +394,12 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
     tags = tracking.with_retry(client.get_run, parent_id).data.tags
     s = cv_summary(preds, folds, base, names, _run_doc(cv, folds, table, tags.get('params_file', '')),
                    p.metrics.bootstrap, p.seed)
-    if ev := evidence_doc(_fold_sentences(client, latest, n), table.sentences, p.metrics.bootstrap, p.seed):
+    oof = _fold_sentences(client, latest, n)
+    base_ev = None
+    if oof is not None and len(table.sentences):      # the zero-shot reference, on the positive pairs only
+        pos = preds[preds.label == 1]
+        base_ev = cosine_sentence_scores(p, table.posts, table.criteria, set(zip(pos.post_id, pos.criterion_id)))
+    if ev := evidence_doc(oof, table.sentences, p.metrics.bootstrap, p.seed, base_ev):
         s.doc['evidence'] = ev
         tracking.log_metrics(client, parent_id, {f'evidence_{m}': ev[m]['value'] for m in ('p_at_1', 'ap', 'r_at_3')})
     for f in _write_summary(out, s, preds, folds): tracking.log_artifact(client, parent_id, f, 'summary')
