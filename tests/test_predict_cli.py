@@ -1,4 +1,4 @@
-"`criteria-cls predict | screen | register | bench`, run as a user runs them: subprocesses, stdout, stderr, exit status."
+"`criteria-cls predict | screen | register | bench`, run as a user runs them: subprocesses, stdout, stderr, exit codes."
 import json, os, pty, subprocess
 import numpy as np, pandas as pd
 import pytest
@@ -15,7 +15,8 @@ def model(smoke_cv):
     run = {int(r.data.tags['fold']): r for r in kids}
     folder = smoke_cv['dir'] / 'fold_0_model'
     best = smoke_cv['summary']['best_fold']['fold']
-    return {'folder': folder, 'run_id': run[0].info.run_id, 'parent_id': smoke_cv['parent'].info.run_id, 'env': smoke_cv['env'],
+    return {'folder': folder, 'run_id': run[0].info.run_id, 'parent_id': smoke_cv['parent'].info.run_id,
+            'env': smoke_cv['env'],
             'tmp': smoke_cv['tmp'], 'predictor': Predictor.from_folders([folder]),
             'best': Predictor.from_folders([smoke_cv['dir'] / f'fold_{best}_model']), 'criteria': ['A1', 'A4', 'A9'],
             'best_fold': best}
@@ -43,45 +44,57 @@ def test_predict_one_pair(model):
     want = model['predictor'].predict([{'post': POST, 'criterion_id': 'A4'}]).iloc[0]
     assert set(r) == {'criterion_id', 'probability', 'label', 'threshold', 'model'}
     assert r['criterion_id'] == 'A4' and r['model'] == str(model['folder'])
-    assert abs(r['probability'] - want.probability) < 1e-6 and r['label'] == want.label and r['threshold'] == want.threshold
+    assert abs(r['probability'] - want.probability) < 1e-6
+    assert r['label'] == want.label and r['threshold'] == want.threshold
     res = cli(model, 'predict', '--model', f"runs:/{model['run_id']}", '--post', POST, '--criterion', 'A4', '--json')
     r = json.loads(ok(res))                                      # --json: stdout is the JSON line and nothing else
     assert f"MLflow store: {model['env']['MLFLOW_TRACKING_URI']}" in res.stderr
     assert r['criterion_id'] == 'A4' and abs(r['probability'] - want.probability) < 1e-6
     # the smoke model has one output per trained criterion: a criterion text of the caller's is an error naming them
-    bad(cli(model, 'predict', '--model', model['folder'], '--post', POST, '--criterion-text', 'The person sleeps badly.'),
+    bad(cli(model, 'predict', '--model', model['folder'], '--post', POST,
+            '--criterion-text', 'The person sleeps badly.'),
         'scores only the criteria it was trained with: A1, A4, A9')
 
 
 def test_predict_files(model):
     tmp = model['tmp']
-    rows = [{'post_id': f'p{i}', 'post': f'{POST} ({i})', 'criterion_id': c} for i, c in enumerate(['A1', 'A4', 'A9', 'A1'])]
+    rows = [{'post_id': f'p{i}', 'post': f'{POST} ({i})', 'criterion_id': c}
+            for i, c in enumerate(['A1', 'A4', 'A9', 'A1'])]
     (tmp / 'in.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     ok(cli(model, 'predict', '--model', model['folder'], '--input', tmp / 'in.jsonl', '--output', tmp / 'out.jsonl'))
     got = [json.loads(l) for l in (tmp / 'out.jsonl').read_text().splitlines()]
     want = model['predictor'].predict(rows)
-    assert [g['post_id'] for g in got] == ['p0', 'p1', 'p2', 'p3'] and [g['criterion_id'] for g in got] == ['A1', 'A4', 'A9', 'A1']
+    assert [g['post_id'] for g in got] == ['p0', 'p1', 'p2', 'p3']
+    assert [g['criterion_id'] for g in got] == ['A1', 'A4', 'A9', 'A1']
     np.testing.assert_allclose([g['probability'] for g in got], want.probability.values, atol=1e-6)
     # CSV in (a post spanning lines), CSV out
     (tmp / 'in.csv').write_text('post_id,post,criterion_id\nq1,"first line\nsecond line",A4\nq2,short,A9\n')
     ok(cli(model, 'predict', '--model', model['folder'], '--input', tmp / 'in.csv', '--output', tmp / 'out.csv'))
     out = pd.read_csv(tmp / 'out.csv')
-    assert out.post_id.tolist() == ['q1', 'q2'] and set(out.columns) == {'post_id', 'criterion_id', 'probability', 'label', 'threshold'}
-    want = model['predictor'].predict([{'post': 'first line\nsecond line', 'criterion_id': 'A4'}, {'post': 'short', 'criterion_id': 'A9'}])
+    assert out.post_id.tolist() == ['q1', 'q2']
+    assert set(out.columns) == {'post_id', 'criterion_id', 'probability', 'label', 'threshold'}
+    want = model['predictor'].predict([{'post': 'first line\nsecond line', 'criterion_id': 'A4'},
+                                       {'post': 'short', 'criterion_id': 'A9'}])
     np.testing.assert_allclose(out.probability.values, want.probability.values, atol=1e-6)
 
 
 def test_predict_bad_input_exits_2_and_writes_nothing(model):
     tmp = model['tmp']
-    (tmp / 'bad.csv').write_text('post_id,post,criterion_id\nq1,"a post\nover two lines",A1\nq2,,A4\nq3,fine,Z9\nq4,"too",A1,extra\n')
-    err = bad(cli(model, 'predict', '--model', model['folder'], '--input', tmp / 'bad.csv', '--output', tmp / 'bad_out.jsonl'),
-              "line 4: missing or empty 'post'", "line 5: unknown criterion_id 'Z9'", 'line 6: expected 3 fields', 'nothing written')
+    (tmp / 'bad.csv').write_text('post_id,post,criterion_id\nq1,"a post\nover two lines",A1\nq2,,A4\n'
+                                 'q3,fine,Z9\nq4,"too",A1,extra\n')
+    err = bad(cli(model, 'predict', '--model', model['folder'], '--input', tmp / 'bad.csv',
+                  '--output', tmp / 'bad_out.jsonl'),
+              "line 4: missing or empty 'post'", "line 5: unknown criterion_id 'Z9'", 'line 6: expected 3 fields',
+              'nothing written')
     assert err.startswith('criteria-cls predict: error: ')
     assert not (tmp / 'bad_out.jsonl').exists() and not list(tmp.glob('.bad_out*'))
-    bad(cli(model, 'predict', '--model', model['folder'], '--input', tmp / 'missing.jsonl', '--output', tmp / 'x.jsonl'), 'not found')
-    bad(cli(model, 'predict', '--model', model['folder'], '--post', POST, '--criterion', 'B7'), "unknown criterion_id 'B7'")
+    bad(cli(model, 'predict', '--model', model['folder'], '--input', tmp / 'missing.jsonl',
+            '--output', tmp / 'x.jsonl'), 'not found')
+    bad(cli(model, 'predict', '--model', model['folder'], '--post', POST, '--criterion', 'B7'),
+        "unknown criterion_id 'B7'")
     bad(cli(model, 'predict', '--model', tmp / 'no_such_model', '--post', POST, '--criterion', 'A1'), 'not found')
-    bad(cli(model, 'predict', '--model', 'runs:/0123456789abcdef', '--post', POST, '--criterion', 'A1'), 'no MLflow run')
+    bad(cli(model, 'predict', '--model', 'runs:/0123456789abcdef', '--post', POST, '--criterion', 'A1'),
+        'no MLflow run')
     bad(cli(model, 'predict', '--model', model['folder'], '--post', POST), '--criterion')
 
 
@@ -92,6 +105,15 @@ def test_screen_from_stdin_and_argument(model):
     want = model['predictor'].screen(POST)
     np.testing.assert_allclose([g['probability'] for g in got], want.probability.values, atol=1e-6)
     assert got[1]['name'] == 'SLEEP_ISSUES'
+    # the smoke model scores sentences: each decision comes with its best sentence, a sentence of the post
+    assert all(len(g['evidence']) == 1 and g['evidence'][0]['sentence'] in POST for g in got)
+    post2 = POST + ' Nothing is fun anymore.'
+    two = [json.loads(l)
+           for l in ok(cli(model, 'screen', '--model', model['folder'], '--evidence', 2, input=post2)).splitlines()]
+    both = sorted([POST, 'Nothing is fun anymore.'])
+    assert all(sorted(e['sentence'] for e in g['evidence']) == both for g in two), two
+    assert [e['score'] for e in two[0]['evidence']] == sorted((e['score'] for e in two[0]['evidence']), reverse=True)
+    bad(cli(model, 'screen', '--model', model['folder'], '--evidence', -1, input=POST), 'at least 1')
     bad(cli(model, 'screen', '--model', model['folder'], input='   '), 'empty')
 
 
@@ -119,7 +141,8 @@ def test_register_the_cv_then_load_by_alias_in_a_new_process(model):
 def test_bench(model):
     b = json.loads(ok(cli(model, 'bench', '--model', model['folder'], '--n', 12, '--posts', 2, '--json')))
     assert b['pairs'] == 12 and b['posts'] == 2 and b['criteria'] == 3
-    assert 0 < b['latency_ms']['p50'] <= b['latency_ms']['p95'] <= b['latency_ms']['p99'] and b['throughput_pairs_s'] > 0
+    assert 0 < b['latency_ms']['p50'] <= b['latency_ms']['p95'] <= b['latency_ms']['p99']
+    assert b['throughput_pairs_s'] > 0
     assert b['screen_prefix_reuse'] is False
     bad(cli(model, 'bench'), '--model')
 
@@ -145,7 +168,7 @@ def test_screen_and_predict_at_a_terminal_print_a_table(model):
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0].startswith(f"model {model['folder']}: minilm-l6 + lora") and out.count(str(model['folder'])) == 1
-    assert lines[1].split() == ['criterion', 'name', 'probability', 'decision', 'threshold']
+    assert lines[1].split() == ['criterion', 'name', 'probability', 'decision', 'threshold', 'top', 'sentence']
     want = model['predictor'].screen(POST)
     assert [l.split()[:3] for l in lines[2:]] == [[c, n, f'{p:.3f}'] for c, n, p in zip(want.criterion_id, want.name,
                                                                                       want.probability)]

@@ -77,6 +77,8 @@ def test_serve_invocations(registered):
             np.testing.assert_allclose([r['probability'] for r in rows], want.probability.values, atol=1e-6)
             assert [r['label'] for r in rows] == want.label.tolist()
             assert all(r['threshold'] == registered['predictor'].threshold for r in rows)
+            # the evidence: the best sentence of each row's post, with its score
+            assert all(json.loads(r['evidence'])[0]['sentence'] in p['post'] for r, p in zip(rows, PAIRS)), rows
         # a missing column
         status, got = post(url, {'dataframe_records': [{'criterion_id': 'A1'}]})
         assert 400 <= status < 500, (status, got)
