@@ -139,7 +139,7 @@ def pair_probs(self:Task, unit_probs:np.ndarray) -> np.ndarray:
     return unit_probs.reshape(len(self.units), -1)[self.rows, self.cols]
 
 @patch
-def score(self:Task, model, batch_size:int=64, precision:str='no') -> np.ndarray:
+def score(self:Task, model, batch_size:int=64, precision:str='no') -> np.ndarray:  # noqa: F811 (@patch keeps `score`)
     "P(match) of every pair of the part."
     return self.pair_probs(score(model, self.tok, self.units, batch_size, precision, self.criteria, self.states,
                                  self.k, self.eval_tokens))
@@ -169,7 +169,7 @@ def _epoch(self:Task, units:np.ndarray, active:np.ndarray, T, seed:int) -> Epoch
 
 # %% ../nbs/06a_tasks.ipynb #ea5bf947
 @patch
-def class_weights(self:Task, spec, epoch:Epoch) -> np.ndarray:
+def class_weights(self:Task, spec, epoch:Epoch) -> np.ndarray:  # noqa: F811 (@patch keeps `class_weights`)
     "Loss weights [units, outputs], counted on `epoch`'s units (every epoch has the first one's composition)."
     return class_weights(self.Y, self.M, spec, epoch.units)
 
@@ -236,7 +236,7 @@ class SharedTask(Task):
 
 # %% ../nbs/06a_tasks.ipynb #5ad9f3ba
 @patch
-def logits(self:SharedTask, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
+def logits(self:SharedTask, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):  # noqa: F811
     "Logits `[posts, criteria]` of units `idx` (0 where `active`, default every pair, trains none): prefixes run once."
     idx = list(idx)
     pr, pc = np.nonzero((self.M if active is None else active)[idx] > 0)
@@ -250,13 +250,13 @@ def logits(self:SharedTask, model, idx:list, precision:str='no', active=None, pa
     return out.index_put((torch.as_tensor(pr, device=dev), torch.as_tensor(pc, device=dev)), lg[:, 0])
 
 @patch
-def outputs(self:SharedTask, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
+def outputs(self:SharedTask, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):  # noqa: F811
     "The logits of `logits`, as a model output."
     return CriteriaOutput(self.logits(model, idx, precision, active, pad_to))
 
 # %% ../nbs/06a_tasks.ipynb #72c76b1f
 @patch
-def score(self:SharedTask, model, batch_size:int=64, precision:str='no') -> np.ndarray:
+def score(self:SharedTask, model, batch_size:int=64, precision:str='no') -> np.ndarray:  # noqa: F811
     "P(match) of every pair of the part: posts in length-sorted batches, each prefix run once."
     order, P = np.argsort([-n for n in self.lengths], kind='stable'), np.zeros(self.M.shape)
     was = model.training; model.eval()
