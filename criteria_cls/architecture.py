@@ -8,6 +8,7 @@ import inspect, json, math
 from dataclasses import dataclass
 from pathlib import Path
 import torch
+from fastcore.basics import patch
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -19,12 +20,14 @@ __all__ = ['TARGETS', 'DECODERS', 'ATTENTION', 'target_modules', 'backbone_pooli
            'shared_forward', 'FastDropout', 'fast_dropout', 'fast_attention_dropout']
 
 # %% ../nbs/05b_architecture.ipynb #f2197e34
-_BERT, _LLAMA = ['query', 'key', 'value', 'dense'], ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
-TARGETS = {'bert': _BERT, 'roberta': _BERT, 'xlm-roberta': _BERT, 'mpnet': ['q', 'k', 'v', 'o', 'intermediate.dense', 'output.dense'],
+_BERT = ['query', 'key', 'value', 'dense']
+_LLAMA = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
+TARGETS = {'bert': _BERT, 'roberta': _BERT, 'xlm-roberta': _BERT,
+           'mpnet': ['q', 'k', 'v', 'o', 'intermediate.dense', 'output.dense'],
            'llama': _LLAMA, 'mistral': _LLAMA, 'qwen2': _LLAMA}
 
 def target_modules(model_type:str, override=None) -> list|str:
-    "LoRA targets for a `config.model_type`: default names, or `override` (a list of names, or a regex string PEFT matches in full)."
+    "LoRA targets for a `config.model_type`: default names, or `override` (names, or a regex PEFT matches in full)."
     if override: return override if isinstance(override, str) else list(override)
     if model_type not in TARGETS:
         raise InputError(f"no default LoRA targets for model type '{model_type}': set model.target_modules "
@@ -35,7 +38,7 @@ def target_modules(model_type:str, override=None) -> list|str:
 DECODERS = ('llama', 'mistral', 'qwen2', 'gemma', 'gpt2', 'phi', 'phi3')
 
 def backbone_pooling(folder, config) -> tuple:
-    "`(pooling, normalize)` a backbone was trained with: mean/cls/max (sentence-transformers), last (decoders), else cls."
+    "`(pooling, normalize)` a backbone was trained with: mean/cls/max (sentence-transformers), last (decoders), or cls."
     folder = Path(folder)
     pc = folder / '1_Pooling' / 'config.json'
     if pc.exists():
@@ -49,7 +52,7 @@ def backbone_pooling(folder, config) -> tuple:
 # %% ../nbs/05b_architecture.ipynb #c74581f6
 def pool(h, mask, mode:str='mean'):
     "One vector per sequence from hidden states `h` [N, S, H] (the last S positions of `mask` [N, L])."
-    mask = mask[:, mask.shape[1] - h.shape[1]:]          # with a key/value cache, `mask` covers the cached positions too
+    mask = mask[:, mask.shape[1] - h.shape[1]:]     # with a key/value cache, `mask` covers the cached positions too
     if mode == 'cls': return h[:, 0]
     if mode == 'last':
         last = mask.long().sum(1) - 1                       # right padding: the last real token
@@ -143,50 +146,58 @@ class CriteriaModel(torch.nn.Module):
         self.dropout = torch.nn.Dropout(dropout)
         self.head = torch.nn.Linear(dim, n_out)
 
-    def describe(self) -> dict:
-        "What rebuilds the model around its backbone (written to `head.json`)."
-        return {k: getattr(self, a) for k, a in (('head', 'kind'), ('n_out', 'n_out'), ('pooling', 'pooling'),
-                ('normalize', 'normalize'), ('segments', 'segments'), ('similarity', 'similarity'),
-                ('post_score', 'post_score'), ('sentence_pool', 'sentence_pool'))}
-
     @property
     def scores_sentences(self) -> bool:
         "Whether the head scores each sentence piece and pools the scores (its sentence scores are its evidence)."
         return self.kind == 'multi' and self.segments == 'sentences' and self.post_score == 'sentences'
 
-    def embed(self, input_ids, attention_mask=None, token_type_ids=None, **kw):
-        "`(pooled vectors [N, H], backbone output)` of a batch of sequences."
-        if attention_mask is None: attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is not None: kw['token_type_ids'] = token_type_ids
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw)
-        e = pool(out.last_hidden_state, attention_mask, self.pooling)
-        return (torch.nn.functional.normalize(e, dim=-1) if self.normalize else e), out
+# %% ../nbs/05b_architecture.ipynb #cee7373f
+@patch
+def describe(self:CriteriaModel) -> dict:
+    "What rebuilds the model around its backbone (written to `head.json`)."
+    return {k: getattr(self, a) for k, a in (('head', 'kind'), ('n_out', 'n_out'), ('pooling', 'pooling'),
+            ('normalize', 'normalize'), ('segments', 'segments'), ('similarity', 'similarity'),
+            ('post_score', 'post_score'), ('sentence_pool', 'sentence_pool'))}
 
-    def features(self, batch:dict, **kw):
-        "`(the head's input [units, dim], backbone output)` of a batch (`post_index`: sentences → posts)."
-        e, out = embed_chunks(self.embed, batch, **kw)
-        if self.segments != 'sentences' or self.scores_sentences: return e, out
-        d = self.embed(batch['criteria_input_ids'], batch['criteria_attention_mask'])[0] if self.similarity else None
-        return post_features(e, batch['post_index'], batch['n_posts'], d), out
+# %% ../nbs/05b_architecture.ipynb #858ddc2a
+@patch
+def embed(self:CriteriaModel, input_ids, attention_mask=None, token_type_ids=None, **kw):
+    "`(pooled vectors [N, H], backbone output)` of a batch of sequences."
+    if attention_mask is None: attention_mask = torch.ones_like(input_ids)
+    if token_type_ids is not None: kw['token_type_ids'] = token_type_ids
+    out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kw)
+    e = pool(out.last_hidden_state, attention_mask, self.pooling)
+    return (torch.nn.functional.normalize(e, dim=-1) if self.normalize else e), out
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, post_index=None, n_posts=None,
-                criteria_input_ids=None, criteria_attention_mask=None, chunks=None, **kw):
-        "Logits `[units, n_out]` (units: prompts, or posts), and the backbone's key/value cache when asked for."
-        if attention_mask is None: attention_mask = torch.ones_like(input_ids)
-        batch = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, post_index=post_index,
-                     n_posts=n_posts, criteria_input_ids=criteria_input_ids, criteria_attention_mask=criteria_attention_mask,
-                     chunks=chunks)
-        x, out = self.features(batch, **kw)
-        z = self.head(self.dropout(x))
-        if not self.scores_sentences: return CriteriaOutput(z, getattr(out, 'cache', None))
-        return CriteriaOutput(pool_scores(z, post_index, n_posts, self.sentence_pool), None, z)
+# %% ../nbs/05b_architecture.ipynb #8fcd4623
+@patch
+def features(self:CriteriaModel, batch:dict, **kw):
+    "`(the head's input [units, dim], backbone output)` of a batch (`post_index`: sentences → posts)."
+    e, out = embed_chunks(self.embed, batch, **kw)
+    if self.segments != 'sentences' or self.scores_sentences: return e, out
+    d = self.embed(batch['criteria_input_ids'], batch['criteria_attention_mask'])[0] if self.similarity else None
+    return post_features(e, batch['post_index'], batch['n_posts'], d), out
+
+# %% ../nbs/05b_architecture.ipynb #d04f5061
+@patch
+def forward(self:CriteriaModel, input_ids, attention_mask=None, token_type_ids=None, post_index=None, n_posts=None,
+            criteria_input_ids=None, criteria_attention_mask=None, chunks=None, **kw):
+    "Logits `[units, n_out]` (units: prompts, or posts), and the backbone's key/value cache when asked for."
+    if attention_mask is None: attention_mask = torch.ones_like(input_ids)
+    batch = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                 post_index=post_index, n_posts=n_posts, criteria_input_ids=criteria_input_ids,
+                 criteria_attention_mask=criteria_attention_mask, chunks=chunks)
+    x, out = self.features(batch, **kw)
+    z = self.head(self.dropout(x))
+    if not self.scores_sentences: return CriteriaOutput(z, getattr(out, 'cache', None))
+    return CriteriaOutput(pool_scores(z, post_index, n_posts, self.sentence_pool), None, z)
 
 # %% ../nbs/05b_architecture.ipynb #06d002db
 def shared_forward(model,                     # a `CriteriaModel` on a decoder
                    prefix_ids, prefix_mask,   # the prompt starts [P, Lp]
                    suffix_ids, suffix_mask,   # the rests [N, Ls]
                    owner):                    # the start of each rest [N]
-    "Logits `[suffixes, n_out]` of prompts `prefix[owner[i]] + suffix[i]`: each prefix runs once, its keys and values serve all."
+    "Logits `[suffixes, n_out]` of prompts `prefix[owner[i]] + suffix[i]`: each prefix runs once, its cache serves all."
     kw = cache_kwarg(model.backbone)
     cache = DynamicCache()
     model.backbone(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True, **{kw: cache})
@@ -238,11 +249,13 @@ ATTENTION = 'criteria_cls_sdpa'
 
 def _fast_dropout_attention(module, query, key, value, attention_mask, dropout:float=0.0, scaling=None, **kw):
     "SDPA, but with `FastDropout` masks on the attention probabilities when training with dropout (non-causal, no GQA)."
-    if not dropout or not module.training or getattr(module, 'is_causal', False) or getattr(module, 'num_key_value_groups', 1) > 1:
+    if (not dropout or not module.training or getattr(module, 'is_causal', False)
+            or getattr(module, 'num_key_value_groups', 1) > 1):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw)
     w = torch.matmul(query, key.transpose(2, 3)) * (scaling or query.size(-1) ** -0.5)
     if attention_mask is not None:
-        w = w.masked_fill(~attention_mask, torch.finfo(w.dtype).min) if attention_mask.dtype == torch.bool else w + attention_mask
+        w = (w.masked_fill(~attention_mask, torch.finfo(w.dtype).min) if attention_mask.dtype == torch.bool
+             else w + attention_mask)
     w = FastDropout(dropout).train()(torch.softmax(w, -1, dtype=torch.float32).to(query.dtype))
     return torch.matmul(w, value).transpose(1, 2).contiguous(), None
 

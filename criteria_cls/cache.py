@@ -32,7 +32,7 @@ def embeddings_module(backbone):
 # %% ../nbs/05d_cache.ipynb #b822b63b
 @contextlib.contextmanager
 def layers_between(backbone, start:int, stop:int, embeddings_out=None):
-    "Run only layers `start:stop` of `backbone`; with `embeddings_out` (a tensor, or one per call), the embeddings return it."
+    "Run only layers `start:stop` of `backbone`; `embeddings_out` (a tensor, or one per call) replaces the embeddings."
     owner, name = layer_list(backbone)
     full = getattr(owner, name)
     setattr(owner, name, torch.nn.ModuleList(list(full)[start:stop]))

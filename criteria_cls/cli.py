@@ -343,7 +343,8 @@ def add_screen(sub):
     _model_args(sp)
     sp.add_argument('--post', help="the post text ('-' or absent: read stdin)")
     sp.add_argument('--evidence', type=int, metavar='K',
-                    help='the K best sentences behind each decision (default 1 where the model scores sentences; 0: none)')
+                    help='the K best sentences behind each decision '
+                         '(default 1 where the model scores sentences; 0: none)')
     sp.add_argument('--json', action='store_true', help='JSON lines even at a terminal (the default when piped)')
     sp.set_defaults(func=cmd_screen)
 

@@ -40,7 +40,8 @@ def piece_weights(labels:list) -> np.ndarray:
     L = np.concatenate(labels)
     n, pos = (L >= 0).sum(0), (L == 1).sum(0)
     neg = n - pos
-    return np.stack([np.where(neg > 0, n / (2 * np.maximum(neg, 1)), 0), np.where(pos > 0, n / (2 * np.maximum(pos, 1)), 0)], 1)
+    return np.stack([np.where(neg > 0, n / (2 * np.maximum(neg, 1)), 0),
+                     np.where(pos > 0, n / (2 * np.maximum(pos, 1)), 0)], 1)
 
 # %% ../nbs/05g_evidence.ipynb #cb6208c5
 def sentence_scores(post_ids:list,      # the post of each unit
@@ -64,8 +65,9 @@ def top_evidence(scores:pd.DataFrame,  # `sentence_scores` rows
                  k:int=1) -> pd.DataFrame:
     "`post_id, criterion_id, rank, sentence_index, sentence, score`: the `k` best sentences of each pair."
     if k < 1: raise ValueError(f"the number of evidence sentences must be at least 1, got {k}")
-    top = (scores.sort_values(['post_id', 'criterion_id', 'score', 'sentence_index'], ascending=[True, True, False, True],
-                              kind='stable').groupby(['post_id', 'criterion_id'], sort=False).head(k).copy())
+    top = (scores.sort_values(['post_id', 'criterion_id', 'score', 'sentence_index'],
+                              ascending=[True, True, False, True], kind='stable')
+           .groupby(['post_id', 'criterion_id'], sort=False).head(k).copy())
     top['rank'] = top.groupby(['post_id', 'criterion_id']).cumcount() + 1
     top['sentence'] = [texts[p][i] for p, i in zip(top.post_id, top.sentence_index)]
     return top[['post_id', 'criterion_id', 'rank', 'sentence_index', 'sentence', 'score']].reset_index(drop=True)

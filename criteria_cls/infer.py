@@ -277,7 +277,8 @@ def sentence_evidence(self:FoldScorer, post:str, ids:list) -> pd.DataFrame:
 @patch
 def evidence(self:Predictor, post:str, k:int=1, ids:list|None=None) -> pd.DataFrame:
     "The `k` best sentences of `post` for each criterion of `ids` (default: all), with their scores."
-    if not isinstance(k, int) or k < 1: raise InputError(f"the number of evidence sentences must be at least 1, got {k}")
+    if not isinstance(k, int) or k < 1:
+        raise InputError(f"the number of evidence sentences must be at least 1, got {k}")
     ids = list(self.known) if ids is None else list(ids)
     s = pd.concat([sc.sentence_evidence(post, ids) for sc in self.scorers])
     s = s.groupby(['post_id', 'criterion_id', 'sentence_index'], as_index=False, sort=False).score.mean()

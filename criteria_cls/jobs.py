@@ -255,7 +255,7 @@ def evidence_doc(scores:pd.DataFrame,     # out-of-fold sentence scores: post_id
                  n_boot:int=1000, seed:int=42,
                  baseline:pd.DataFrame|None=None, # the zero-shot cosine baseline's sentence scores, same columns
                 ) -> dict|None:
-    "`summary.json`'s `evidence`: P@1, AP and R@3 of the sentence ranking, pooled and per criterion (None: nothing to score)."
+    "`summary.json`'s `evidence`: P@1, AP, R@3 of the sentence ranking, pooled and per criterion (None: no scores)."
     if scores is None or not len(scores) or not len(sentences): return None
     labels = sentence_labels(sentences)
     ranked = evidence_ranking(scores, labels, k=3)

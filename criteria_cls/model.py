@@ -11,8 +11,8 @@ from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_tr
 from transformers import AutoModel, AutoTokenizer, BitsAndBytesConfig
 from .config import InputError
 from .backbones import Backbone, quiet_hf, resolve_backbone
-from .architecture import (CriteriaModel, backbone_pooling, device_of, fast_attention_dropout, fast_dropout, n_layers,
-                                       target_modules)
+from .architecture import (CriteriaModel, backbone_pooling, device_of, fast_attention_dropout, fast_dropout,
+                                       n_layers, target_modules)
 
 # %% auto #0
 __all__ = ['torch_dtype', 'peft_config', 'load_tokenizer', 'load_backbone', 'build_model', 'cpu_bf16', 'resolve_precision',
@@ -32,7 +32,8 @@ def peft_config(p, backbone) -> LoraConfig:
     if p.model.top_layers:
         n = n_layers(backbone)
         layers = list(range(max(0, n - p.model.top_layers), n))
-    return LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=p.model.r, lora_alpha=p.model.alpha, lora_dropout=p.model.dropout,
+    return LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=p.model.r, lora_alpha=p.model.alpha,
+                      lora_dropout=p.model.dropout,
                       target_modules=target_modules(backbone.config.model_type, p.model.target_modules),
                       layers_to_transform=layers, use_dora=dora)
 
@@ -49,7 +50,8 @@ def load_tokenizer(p, bb:Backbone|None=None):
 def _quantization(p, cuda:bool):
     if p.model.peft != 'qlora': return None
     if not cuda:
-        raise InputError("model.peft=qlora needs a CUDA GPU (bitsandbytes 4-bit NF4); on a CPU use model.peft=lora or dora")
+        raise InputError("model.peft=qlora needs a CUDA GPU (bitsandbytes 4-bit NF4); "
+                         "on a CPU use model.peft=lora or dora")
     if importlib.util.find_spec('bitsandbytes') is None:
         raise InputError("model.peft=qlora needs bitsandbytes: pip install 'bitsandbytes>=0.45'")
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True,
@@ -88,8 +90,8 @@ def build_model(p,             # params (the `model` section is read)
         with quiet_hf(): backbone = get_peft_model(backbone, peft_config(p, backbone))
     n_out = n_criteria if p.model.head == 'multi' else 1
     m = p.model
-    model = CriteriaModel(backbone, m.head, n_out, pooling, normalize, m.segments, m.criterion_similarity, m.head_dropout,
-                          m.post_score, m.sentence_pool)
+    model = CriteriaModel(backbone, m.head, n_out, pooling, normalize, m.segments, m.criterion_similarity,
+                          m.head_dropout, m.post_score, m.sentence_pool)
     if device_of(backbone).type == 'cpu': fast_dropout(model); fast_attention_dropout(backbone)
     return model.to(device_of(backbone)), tok
 
@@ -108,14 +110,16 @@ def resolve_precision(mode:str, device) -> str:
     if mode == 'auto':
         if not cuda: return 'bf16' if cpu_bf16() else 'no'
         return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
-    if mode == 'fp16' and not cuda: raise InputError("train.mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 or no")
+    if mode == 'fp16' and not cuda:
+        raise InputError("train.mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 or no")
     return mode
 
 # %% ../nbs/05c_model.ipynb #2ff25ec2
 def autocast(mode:str, device):
     "Autocast context for a resolved precision mode."
     if mode == 'no': return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16 if mode == 'bf16' else torch.float16)
+    return torch.autocast(device_type=torch.device(device).type,
+                          dtype=torch.bfloat16 if mode == 'bf16' else torch.float16)
 
 # %% ../nbs/05c_model.ipynb #d9e7a4f6
 def to_proba(logits):

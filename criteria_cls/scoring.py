@@ -80,7 +80,7 @@ def from_states(model, batch:dict, states:list|None=None, k:int=0):
 
 # %% ../nbs/05e_scoring.ipynb #c4e08e67
 def unit_outputs(model, batch:dict, precision:str='no', states:list|None=None, k:int=0):
-    "The model's output on a batch; with `states` (per sequence, in batch order, then the criteria's) only the layers above `k` run."
+    "The model's output on a batch; with `states` (per sequence in batch order, criteria last): only layers above `k`."
     batch = to_device(batch, device_of(model))
     with from_states(model, batch, states, k), autocast(precision, device_of(model)): return model(**batch)
 
@@ -108,7 +108,8 @@ def score(model,                 # a `CriteriaModel`
     try:
         with torch.inference_mode():
             for idx in token_batches(units, order, batch_size, max_tokens):
-                st = None if states is None else flat_states([states[i] for i in idx], criteria and states_of_criteria(states))
+                st = None if states is None else flat_states([states[i] for i in idx],
+                                                             criteria and states_of_criteria(states))
                 o = unit_outputs(model, collate_units(tokenizer, [units[i] for i in idx], criteria), precision, st, k)
                 out[idx] = torch.sigmoid(o.logits.float()).cpu().numpy()
                 if pieces and o.pieces is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy, math
 from dataclasses import dataclass
 import numpy as np, pandas as pd, torch
+from fastcore.basics import patch
 from .config import InputError
 from .prompt import CRITERION_COLUMN, PostEncoder, PromptEncoder, pair_inputs
 from .architecture import CriteriaOutput, cache_kwarg, device_of, shared_forward
@@ -43,9 +44,11 @@ def class_weights(Y:np.ndarray, M:np.ndarray, spec='balanced', rows=None) -> np.
     if spec == 'none' or spec is None: return M.copy()
     if isinstance(spec, (int, float)) and not isinstance(spec, bool): return M * np.where(Y == 1, float(spec), 1.0)
     if spec != 'balanced': raise InputError(f"train.class_weight must be none, balanced or a number, found {spec!r}")
-    Yr, Mr = (Y, M) if rows is None else (Y[rows], M[rows])    # counted on `rows` (an epoch's composition), applied to all
+    # counted on `rows` (an epoch's composition), applied to all
+    Yr, Mr = (Y, M) if rows is None else (Y[rows], M[rows])
     n, pos = Mr.sum(0), (Yr * Mr).sum(0)
-    w1 = np.where(pos > 0, n / (2 * np.maximum(pos, 1)), 1.0); w0 = np.where(n - pos > 0, n / (2 * np.maximum(n - pos, 1)), 1.0)
+    w1 = np.where(pos > 0, n / (2 * np.maximum(pos, 1)), 1.0)
+    w0 = np.where(n - pos > 0, n / (2 * np.maximum(n - pos, 1)), 1.0)
     return M * np.where(Y == 1, w1, w0)
 
 # %% ../nbs/06a_tasks.ipynb #a7b9d887
@@ -94,7 +97,7 @@ def token_budget(p) -> tuple:
 
 # %% ../nbs/06a_tasks.ipynb #3ccecc20
 class Task:
-    "Units of one part of a fold, their labels `Y` and mask `M` [units, outputs], where each pair is, and cached states."
+    "Units of one part of a fold, labels `Y` and mask `M` [units, outputs], where each pair is, and cached states."
     def __init__(self, units:list, Y:np.ndarray, M:np.ndarray, rows:np.ndarray, cols:np.ndarray, tokenizer,
                  criteria:list|None=None, states:UnitStates|None=None, k:int=0,
                  budget:tuple=(None, None),  # tokens per batch at most: (training, scoring); see `token_budget`
@@ -111,64 +114,72 @@ class Task:
     @property
     def lengths(self) -> list: return [unit_length(u) for u in self.units]
 
-    def batch(self, idx:list, pad_to:int|None=None) -> dict:
-        "The padded batch of units `idx` (`pad_to`: pad to that many tokens, for benchmarks)."
-        return collate_units(self.tok, [self.units[i] for i in idx], self.criteria, pad_to)
+# %% ../nbs/06a_tasks.ipynb #19a242d9
+@patch
+def batch(self:Task, idx:list, pad_to:int|None=None) -> dict:
+    "The padded batch of units `idx` (`pad_to`: pad to that many tokens, for benchmarks)."
+    return collate_units(self.tok, [self.units[i] for i in idx], self.criteria, pad_to)
 
-    def outputs(self, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
-        "The model's output on units `idx`: logits, and a sentence-scoring head's piece logits (cached states when there are)."
-        st = None if self.states is None else flat_states([self.states[i] for i in idx], self.states.criteria)
-        return unit_outputs(model, self.batch(idx, pad_to), precision, st, self.k)
+# %% ../nbs/06a_tasks.ipynb #1feb61bf
+@patch
+def outputs(self:Task, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
+    "The model's output on units `idx`: logits, and a sentence-scoring head's piece logits (from cached states if any)."
+    st = None if self.states is None else flat_states([self.states[i] for i in idx], self.states.criteria)
+    return unit_outputs(model, self.batch(idx, pad_to), precision, st, self.k)
 
-    def logits(self, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
-        "Logits of units `idx` (`active` matters to a `SharedTask`)."
-        return self.outputs(model, idx, precision, active, pad_to).logits
+@patch
+def logits(self:Task, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
+    "Logits of units `idx` (`active` matters to a `SharedTask`)."
+    return self.outputs(model, idx, precision, active, pad_to).logits
 
-    def cached(self, model, k:int, batch_size:int=64, max_gb:float=2.0) -> Task:
-        "This task with the bottom `k` layers' output of every unit computed once (itself when `k` is 0)."
-        if k <= 0: return self
-        t = copy.copy(self)
-        t.states = cache_units(model, self.tok, self.units, self.criteria, k, batch_size, max_gb, self.eval_tokens)
-        t.k = k
-        return t
+# %% ../nbs/06a_tasks.ipynb #0f76af36
+@patch
+def pair_probs(self:Task, unit_probs:np.ndarray) -> np.ndarray:
+    "One probability per pair, from the units' probabilities."
+    return unit_probs.reshape(len(self.units), -1)[self.rows, self.cols]
 
-    def epoch(self, T, seed:int) -> Epoch:
-        "One epoch: every positive and `neg_per_pos` negatives each (the pair head), in length-grouped steps."
-        return self._epoch(epoch_indices(self.Y[:, 0], T.neg_per_pos, seed), self.M, T, seed)
+@patch
+def score(self:Task, model, batch_size:int=64, precision:str='no') -> np.ndarray:  # noqa: F811 (@patch keeps `score`)
+    "P(match) of every pair of the part."
+    return self.pair_probs(score(model, self.tok, self.units, batch_size, precision, self.criteria, self.states,
+                                 self.k, self.eval_tokens))
 
-    def _epoch(self, units:np.ndarray, active:np.ndarray, T, seed:int) -> Epoch:
-        lengths = self.lengths
-        order = length_grouped_batches([lengths[i] for i in units], T.effective_batch_size, seed=seed, grouped=T.length_grouped)
-        return Epoch(units, active, [[int(units[j]) for j in g] for g in order])
+# %% ../nbs/06a_tasks.ipynb #16fad084
+@patch
+def cached(self:Task, model, k:int, batch_size:int=64, max_gb:float=2.0) -> Task:
+    "This task with the bottom `k` layers' output of every unit computed once (itself when `k` is 0)."
+    if k <= 0: return self
+    t = copy.copy(self)
+    t.states = cache_units(model, self.tok, self.units, self.criteria, k, batch_size, max_gb, self.eval_tokens)
+    t.k = k
+    return t
 
-    def class_weights(self, spec, epoch:Epoch) -> np.ndarray:
-        "Loss weights [units, outputs], counted on `epoch`'s units (every epoch has the first one's composition)."
-        return class_weights(self.Y, self.M, spec, epoch.units)
+# %% ../nbs/06a_tasks.ipynb #54e4058e
+@patch
+def epoch(self:Task, T, seed:int) -> Epoch:
+    "One epoch: every positive and `neg_per_pos` negatives each (the pair head), in length-grouped steps."
+    return self._epoch(epoch_indices(self.Y[:, 0], T.neg_per_pos, seed), self.M, T, seed)
 
-    def pair_probs(self, unit_probs:np.ndarray) -> np.ndarray:
-        "One probability per pair, from the units' probabilities."
-        return unit_probs.reshape(len(self.units), -1)[self.rows, self.cols]
+@patch
+def _epoch(self:Task, units:np.ndarray, active:np.ndarray, T, seed:int) -> Epoch:
+    lengths = self.lengths
+    order = length_grouped_batches([lengths[i] for i in units], T.effective_batch_size, seed=seed,
+                                   grouped=T.length_grouped)
+    return Epoch(units, active, [[int(units[j]) for j in g] for g in order])
 
-    def score(self, model, batch_size:int=64, precision:str='no') -> np.ndarray:
-        "P(match) of every pair of the part."
-        return self.pair_probs(score(model, self.tok, self.units, batch_size, precision, self.criteria, self.states, self.k,
-                                     self.eval_tokens))
-
-    def score_pieces(self, model, batch_size:int=64, precision:str='no', criteria:list|None=None) -> tuple:
-        "`(P(match) of every pair, sentence scores of every pair)` from a head that scores sentences (see `evidence`)."
-        probs, per = score(model, self.tok, self.units, batch_size, precision, self.criteria, self.states, self.k,
-                           self.eval_tokens, pieces=True)
-        ids = self.pieces['ids']
-        pairs = {(ids[r], criteria[c]) for r, c in zip(self.rows, self.cols)}
-        return self.pair_probs(probs), sentence_scores(ids, self.pieces['owners'], per, criteria, pairs)
+# %% ../nbs/06a_tasks.ipynb #ea5bf947
+@patch
+def class_weights(self:Task, spec, epoch:Epoch) -> np.ndarray:  # noqa: F811 (@patch keeps `class_weights`)
+    "Loss weights [units, outputs], counted on `epoch`'s units (every epoch has the first one's composition)."
+    return class_weights(self.Y, self.M, spec, epoch.units)
 
 # %% ../nbs/06a_tasks.ipynb #d47a9a78
 def pair_task(p, tokenizer, pairs:pd.DataFrame) -> Task:
     "The pair head's task: one prompt per pair."
     units = pair_inputs(PromptEncoder.from_params(tokenizer, p), pairs, p.prompt.criterion_text)
     n = len(pairs)
-    return Task(units, pairs.label.to_numpy()[:, None], np.ones((n, 1)), np.arange(n), np.zeros(n, dtype=int), tokenizer,
-                budget=token_budget(p))
+    return Task(units, pairs.label.to_numpy()[:, None], np.ones((n, 1)), np.arange(n), np.zeros(n, dtype=int),
+                tokenizer, budget=token_budget(p))
 
 # %% ../nbs/06a_tasks.ipynb #31bfa6af
 def post_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, similarity:bool=False,
@@ -179,7 +190,8 @@ def post_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, similarit
     prow = {pid: i for i, pid in enumerate(posts.post_id)}
     col = {c: j for j, c in enumerate(criteria.criterion_id)}
     unknown = sorted(set(pairs.criterion_id) - set(col))
-    if unknown: raise InputError(f"pairs of criteria {unknown} that the model's criteria ({', '.join(col)}) do not include")
+    if unknown:
+        raise InputError(f"pairs of criteria {unknown} that the model's criteria ({', '.join(col)}) do not include")
     rows, cols = pairs.post_id.map(prow).to_numpy(), pairs.criterion_id.map(col).to_numpy()
     Y, M = np.zeros((len(posts), len(col))), np.zeros((len(posts), len(col)))
     Y[rows, cols], M[rows, cols] = pairs.label.to_numpy(), 1
@@ -192,12 +204,22 @@ def post_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, similarit
     return Task(enc.encode_posts(posts.text.tolist()), Y, M, rows, cols, tokenizer, crit, budget=token_budget(p),
                 pieces=pieces)
 
+# %% ../nbs/06a_tasks.ipynb #690e1c49
+@patch
+def score_pieces(self:Task, model, batch_size:int=64, precision:str='no', criteria:list|None=None) -> tuple:
+    "`(P(match) of every pair, sentence scores of every pair)` from a head that scores sentences (see `evidence`)."
+    probs, per = score(model, self.tok, self.units, batch_size, precision, self.criteria, self.states, self.k,
+                       self.eval_tokens, pieces=True)
+    ids = self.pieces['ids']
+    pairs = {(ids[r], criteria[c]) for r, c in zip(self.rows, self.cols)}
+    return self.pair_probs(probs), sentence_scores(ids, self.pieces['owners'], per, criteria, pairs)
+
 # %% ../nbs/06a_tasks.ipynb #ebfee260
 class SharedTask(Task):
     "The pair head on a decoder, one unit per post: the post's prompt start runs once for all its criteria."
     def __init__(self, prefixes:list, suffixes:list, Y, M, rows, cols, tokenizer, budget:tuple=(None, None)):
-        super().__init__([{'input_ids': x, 'attention_mask': [1] * len(x)} for x in prefixes], Y, M, rows, cols, tokenizer,
-                         budget=budget)
+        super().__init__([{'input_ids': x, 'attention_mask': [1] * len(x)} for x in prefixes], Y, M, rows, cols,
+                         tokenizer, budget=budget)
         self.suffixes = [{'input_ids': x, 'attention_mask': [1] * len(x)} for x in suffixes]
 
     def epoch(self, T, seed:int) -> Epoch:
@@ -212,34 +234,39 @@ class SharedTask(Task):
         pairs = np.flatnonzero(epoch.active.ravel())
         return class_weights(self.Y.reshape(-1, 1), self.M.reshape(-1, 1), spec, pairs).reshape(self.M.shape)
 
-    def logits(self, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
-        "Logits `[posts, criteria]` of units `idx` (0 where `active`, default every pair, trains none): each prefix runs once."
-        idx = list(idx)
-        pr, pc = np.nonzero((self.M if active is None else active)[idx] > 0)
-        dev = device_of(model)
-        pre = to_device(collate_units(self.tok, [self.units[i] for i in idx]), dev)
-        suf = to_device(collate_units(self.tok, [self.suffixes[c] for c in pc]), dev)
-        with autocast(precision, dev):
-            lg = shared_forward(model, pre['input_ids'], pre['attention_mask'], suf['input_ids'], suf['attention_mask'],
-                                torch.as_tensor(pr, device=dev))
-        out = torch.zeros(len(idx), self.M.shape[1], dtype=lg.dtype, device=dev)
-        return out.index_put((torch.as_tensor(pr, device=dev), torch.as_tensor(pc, device=dev)), lg[:, 0])
+# %% ../nbs/06a_tasks.ipynb #5ad9f3ba
+@patch
+def logits(self:SharedTask, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):  # noqa: F811
+    "Logits `[posts, criteria]` of units `idx` (0 where `active`, default every pair, trains none): prefixes run once."
+    idx = list(idx)
+    pr, pc = np.nonzero((self.M if active is None else active)[idx] > 0)
+    dev = device_of(model)
+    pre = to_device(collate_units(self.tok, [self.units[i] for i in idx]), dev)
+    suf = to_device(collate_units(self.tok, [self.suffixes[c] for c in pc]), dev)
+    with autocast(precision, dev):
+        lg = shared_forward(model, pre['input_ids'], pre['attention_mask'], suf['input_ids'], suf['attention_mask'],
+                            torch.as_tensor(pr, device=dev))
+    out = torch.zeros(len(idx), self.M.shape[1], dtype=lg.dtype, device=dev)
+    return out.index_put((torch.as_tensor(pr, device=dev), torch.as_tensor(pc, device=dev)), lg[:, 0])
 
-    def outputs(self, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):
-        "The logits of `logits`, as a model output."
-        return CriteriaOutput(self.logits(model, idx, precision, active, pad_to))
+@patch
+def outputs(self:SharedTask, model, idx:list, precision:str='no', active=None, pad_to:int|None=None):  # noqa: F811
+    "The logits of `logits`, as a model output."
+    return CriteriaOutput(self.logits(model, idx, precision, active, pad_to))
 
-    def score(self, model, batch_size:int=64, precision:str='no') -> np.ndarray:
-        "P(match) of every pair of the part: posts in length-sorted batches, each prefix run once."
-        order, P = np.argsort([-n for n in self.lengths], kind='stable'), np.zeros(self.M.shape)
-        was = model.training; model.eval()
-        try:
-            with torch.inference_mode():
-                step = max(1, batch_size // max(1, self.M.shape[1]))
-                for idx in token_batches(self.units, order, step, self.eval_tokens):
-                    P[idx] = torch.sigmoid(self.logits(model, idx, precision).float()).cpu().numpy()
-        finally: model.train(was)
-        return self.pair_probs(P)
+# %% ../nbs/06a_tasks.ipynb #72c76b1f
+@patch
+def score(self:SharedTask, model, batch_size:int=64, precision:str='no') -> np.ndarray:  # noqa: F811
+    "P(match) of every pair of the part: posts in length-sorted batches, each prefix run once."
+    order, P = np.argsort([-n for n in self.lengths], kind='stable'), np.zeros(self.M.shape)
+    was = model.training; model.eval()
+    try:
+        with torch.inference_mode():
+            step = max(1, batch_size // max(1, self.M.shape[1]))
+            for idx in token_batches(self.units, order, step, self.eval_tokens):
+                P[idx] = torch.sigmoid(self.logits(model, idx, precision).float()).cpu().numpy()
+    finally: model.train(was)
+    return self.pair_probs(P)
 
 # %% ../nbs/06a_tasks.ipynb #7b885975
 def shared_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame) -> SharedTask:
@@ -256,7 +283,7 @@ def shared_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame) -> Shar
 
 # %% ../nbs/06a_tasks.ipynb #120c9136
 def shares_prefix(p, model, note=print) -> bool:
-    "Whether training and scoring run each post's prompt start once (`train.shared_prefix`), saying why not when asked for."
+    "Whether training and scoring run each post's prompt start once (`train.shared_prefix`); if not, `note` says why."
     if not p.train.shared_prefix: return False
     why = ('the model has a multi-criterion head' if model.kind != 'pair' else
            'the backbone takes no key/value cache (an encoder)' if cache_kwarg(model) is None else

@@ -66,7 +66,8 @@ def sentence_targets(task:Task, group:list, device='cpu') -> tuple|None:
     for i in group:
         L = labels[i]
         ys[i] = torch.as_tensor(np.clip(L, 0, 1), dtype=torch.float32, device=device)
-        ws[i] = torch.as_tensor(np.where(L < 0, 0.0, np.where(L == 1, W[:, 1], W[:, 0])), dtype=torch.float32, device=device)
+        ws[i] = torch.as_tensor(np.where(L < 0, 0.0, np.where(L == 1, W[:, 1], W[:, 0])), dtype=torch.float32,
+                                device=device)
     return ys, ws, float(sum(w.sum() for w in ws.values())) or 1.0
 
 # %% ../nbs/06c_train.ipynb #cf55cf62
@@ -90,7 +91,8 @@ def train_step(model, group:list, task:Task, state:_StepState, weights:np.ndarra
                 w = torch.as_tensor(weights[mb] * active[mb], dtype=torch.float32, device=dev)
                 loss = (F.binary_cross_entropy_with_logits(out.logits.float(), y, reduction='none') * w).sum() / total
                 if pieces is not None and out.pieces is not None:
-                    bce = F.binary_cross_entropy_with_logits(out.pieces.float(), torch.cat(pieces[0][mb]), reduction='none')
+                    bce = F.binary_cross_entropy_with_logits(out.pieces.float(), torch.cat(pieces[0][mb]),
+                                                             reduction='none')
                     loss = loss + sentence_loss * (bce * torch.cat(pieces[1][mb])).sum() / pieces[2]
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_sum += loss.item()
@@ -190,7 +192,8 @@ class FoldResult:
     threshold: float          # dev-tuned decision threshold (best epoch)
     dev_predictions: pd.DataFrame   # post_id, criterion_id, label, prob (best epoch)
     test_predictions: pd.DataFrame|None # same, scored once after training
-    timings: dict             # seconds per phase (`setup_s`, `encode_cache_s`, `probe_s`, `train_s`, `dev_s`, `test_s`, `total_s`)
+    timings: dict             # seconds per phase (`setup_s`, `encode_cache_s`, `probe_s`, `train_s`, `dev_s`, `test_s`,
+                              # `total_s`)
     model: object = None      # the trained model (best epoch's weights)
     tokenizer: object = None
     criteria: pd.DataFrame|None = None   # the criteria, in the order of a multi head's outputs
@@ -199,7 +202,8 @@ class FoldResult:
     units_trained: int = 0    # units the steps consumed (over all epochs)
     frozen_layers_cached: int = 0   # bottom layers computed once (0: none)
     precision: str|None = None      # the autocast that ran (bf16 | fp16 | no)
-    test_sentences: pd.DataFrame|None = None  # a head that scores sentences: post_id, criterion_id, sentence_index, score
+    # a head that scores sentences: post_id, criterion_id, sentence_index, score
+    test_sentences: pd.DataFrame|None = None
 
     @property
     def train_units_per_s(self) -> float:
@@ -240,7 +244,7 @@ def pairs_criteria(pairs:pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/06c_train.ipynb #a02bff2f
 @dataclass
 class Fold:
-    "What every phase of a fold reads: params, model, tokenizer, criteria, precision, frozen layers, shared prompt starts."
+    "What every phase of a fold reads: params, model, tokenizer, criteria, precision, frozen layers, shared prefixes."
     p: object
     model: object
     tokenizer: object
@@ -259,12 +263,13 @@ def prepare_fold(p, train_pairs:pd.DataFrame, dev_pairs:pd.DataFrame, test_pairs
     for df, what in ((train_pairs, 'train'), (dev_pairs, 'dev'), (test_pairs, 'test')):
         if df is not None: _check_pairs(df, what, col)
     if p.model.head == 'multi' and T.neg_per_pos:
-        raise InputError("train.neg_per_pos samples pairs: it applies to the pair head; a multi head reads every criterion "
-                         "of a post at once (set train.neg_per_pos=null)")
+        raise InputError("train.neg_per_pos samples pairs: it applies to the pair head; "
+                         "a multi head reads every criterion of a post at once (set train.neg_per_pos=null)")
     criteria = pairs_criteria(pd.concat([train_pairs, dev_pairs])) if criteria is None else criteria
     torch_setup(p)
     if model is None:
-        model, tokenizer = build_model(p, device or ('cuda' if torch.cuda.is_available() else 'cpu'), n_criteria=len(criteria))
+        model, tokenizer = build_model(p, device or ('cuda' if torch.cuda.is_available() else 'cpu'),
+                                       n_criteria=len(criteria))
     precision = resolve_precision(T.mixed_precision, device_of(model))
     shared = shares_prefix(p, model, lambda m: print(m, file=sys.stderr))
     return Fold(p, model, tokenizer, criteria, precision, frozen_layers(p, model), shared, sentences)
@@ -316,8 +321,8 @@ def warm_start(f:Fold, fit:Fit, train:Task, dev:Task, progress=True) -> dict:
     T, sel = f.p.train, f.p.metrics.select
     C = probe_head(f.model, train, dev, sel, f.p.metrics.threshold_step, T.eval_batch_size)
     prob = dev.score(f.model, T.eval_batch_size, f.precision)
-    rec = _record(f, fit, dev, prob, epoch=0, steps=0, train_pairs=0, train_loss=float('nan'), micro_batch=fit.state.micro,
-                  probe_C=C)
+    rec = _record(f, fit, dev, prob, epoch=0, steps=0, train_pairs=0, train_loss=float('nan'),
+                  micro_batch=fit.state.micro, probe_C=C)
     _log_epoch(progress, rec, sel, T.epochs)
     return rec
 
@@ -337,7 +342,7 @@ def optimizer_step(f:Fold, fit:Fit, task:Task, epoch:Epoch, group:list, on_micro
 
 # %% ../nbs/06c_train.ipynb #e7fb3f46
 def fit_epoch(f:Fold, fit:Fit, train:Task, dev:Task, n:int, sw:Stopwatch, on_micro_batch=None, progress=True) -> dict:
-    "Epoch `n`: its draw's steps (up to `train.max_steps` in all), then dev scored and the epoch kept if it is the best."
+    "Epoch `n`: its draw's steps (up to `train.max_steps` in all), then dev scored, the epoch kept if best."
     T, sel = f.p.train, f.p.metrics.select
     with sw('train'):
         train_mode(f.model, f.frozen)
@@ -350,7 +355,8 @@ def fit_epoch(f:Fold, fit:Fit, train:Task, dev:Task, n:int, sw:Stopwatch, on_mic
     with sw('dev'): prob = dev.score(f.model, T.eval_batch_size, f.precision)
     rec = _record(f, fit, dev, prob, epoch=n, steps=fit.steps, train_pairs=sum(ep.pairs(g) for g in groups),
                   train_loss=float(np.mean(losses)) if losses else float('nan'), micro_batch=fit.state.micro)
-    bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **{f'dev_{sel}': f"{rec['dev_' + sel]:.3f}"}, thr=rec['dev_threshold'])
+    bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **{f'dev_{sel}': f"{rec['dev_' + sel]:.3f}"},
+                    thr=rec['dev_threshold'])
     bar.close(); _log_epoch(progress, rec, sel, T.epochs)
     return rec
 
@@ -374,7 +380,7 @@ def train_fold(p,                              # resolved params
                device:str|None=None,           # cpu | cuda; default: cuda when available
                on_micro_batch=None,            # called with each micro-batch's size before its forward pass
                progress=True,                  # True: tqdm bars; 'log': a line per epoch on stderr; False: nothing
-               sentences:pd.DataFrame|None=None, # annotated sentences (`PairTable.sentences`): labels for sentence scores
+               sentences:pd.DataFrame|None=None, # annotated sentences (`PairTable.sentences`): labels for their scores
               ) -> FoldResult:
     "Train one fold with early stopping on dev (`metrics.select`); tune the threshold on dev; score test at the end."
     T, sw = p.train, Stopwatch()
@@ -392,6 +398,6 @@ def train_fold(p,                              # resolved params
     if test_pairs is not None:
         with sw('test'): test, evidence = score_test(f, test_pairs)
     best = fit.keep.best
-    return FoldResult(fit.history, best['rec']['epoch'], best['rec']['dev_threshold'], _predictions(dev_pairs, best['prob']),
-                      test, sw.timings(), f.model, f.tokenizer, f.criteria, fit.state.backoffs, fit.steps, fit.units,
-                      train.k, f.precision, evidence)
+    return FoldResult(fit.history, best['rec']['epoch'], best['rec']['dev_threshold'],
+                      _predictions(dev_pairs, best['prob']), test, sw.timings(), f.model, f.tokenizer, f.criteria,
+                      fit.state.backoffs, fit.steps, fit.units, train.k, f.precision, evidence)

@@ -1,4 +1,4 @@
-"Shared fixtures: offline Hugging Face, the project root, the read-only benchmarks in ../shared, one smoke CV per test run."
+"Shared fixtures: offline Hugging Face, the project root, the read-only benchmarks in ../shared, one smoke CV per run."
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
@@ -25,14 +25,16 @@ def bench():
 
 def store_env(tmp:Path) -> dict:
     "The environment of a `criteria-cls` subprocess whose MLflow store is a fresh sqlite file in `tmp`."
-    env = {**os.environ, 'MLFLOW_TRACKING_URI': f'sqlite:///{tmp}/mlflow.db', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
+    env = {**os.environ, 'MLFLOW_TRACKING_URI': f'sqlite:///{tmp}/mlflow.db', 'HF_HUB_OFFLINE': '1',
+           'TRANSFORMERS_OFFLINE': '1'}
     env.pop('MLFLOW_RUN_ID', None)
     return env
 
 
 def run_cli(env, *args, cwd=ROOT, input=None, timeout=1200):
     "Run `criteria-cls` as a user does: a subprocess; returns the CompletedProcess."
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, input=input, timeout=timeout)
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, input=input,
+                          timeout=timeout)
 
 
 def smoke_overrides(tmp:Path, experiment:str) -> list:

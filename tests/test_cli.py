@@ -20,8 +20,8 @@ def test_data_on_redsm5_sample(root, bench):
 
 
 def test_data_on_imhi_test(root, bench):
-    r = cli('data', '--params', root / 'params/default.yaml', 'data.format=imhi', f'data.path={bench}/imhi_irf/test.csv', '--json',
-            cwd=root)
+    r = cli('data', '--params', root / 'params/default.yaml', 'data.format=imhi',
+            f'data.path={bench}/imhi_irf/test.csv', '--json', cwd=root)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert (s['posts'], s['criteria'], s['pairs'], s['positive']) == (1057, 2, 2113, 1366)
@@ -37,7 +37,8 @@ def _bad(tmp, root, *overrides):
 
 def test_bad_inputs_exit_2_without_traceback(tmp_path, root):
     (tmp_path / 'redsm5_posts.csv').write_text('post_id,body\np1,hello\n')
-    (tmp_path / 'redsm5_annotations.csv').write_text('post_id,sentence_id,sentence_text,DSM5_symptom,status,explanation\n')
+    (tmp_path / 'redsm5_annotations.csv').write_text(
+        'post_id,sentence_id,sentence_text,DSM5_symptom,status,explanation\n')
     assert 'missing column(s) text. Found columns: post_id, body' in _bad(tmp_path, root, f'data.path={tmp_path}')
     assert 'not found' in _bad(tmp_path, root, f'data.path={tmp_path}/nowhere')
     assert "unknown params key 'cv.fold'" in _bad(tmp_path, root, 'cv.fold=3')
@@ -80,5 +81,6 @@ def test_data_notes_and_clear_messages(tmp_path, root):
     err = _bad(tmp_path, root, *pairs[:1], f'data.path={tmp_path}/semi.csv', pairs[2])
     assert 'separated by semicolons, not commas' in err
     (tmp_path / 'redsm5_posts.csv').write_text('post_id,text\n')
-    (tmp_path / 'redsm5_annotations.csv').write_text('post_id,sentence_id,sentence_text,DSM5_symptom,status,explanation\n')
+    (tmp_path / 'redsm5_annotations.csv').write_text(
+        'post_id,sentence_id,sentence_text,DSM5_symptom,status,explanation\n')
     assert 'the posts file has no posts' in _bad(tmp_path, root, f'data.path={tmp_path}')

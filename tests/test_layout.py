@@ -14,7 +14,8 @@ def notebook_number(path:Path) -> tuple:
 
 
 def test_notebook_number_orders_letters_after_their_number(tmp_path):
-    for name in ('05_x', '05a_x', '05b_x', '06_x'): (tmp_path / f'{name}.py').write_text(f'# File to edit: ../nbs/{name}.ipynb')
+    for name in ('05_x', '05a_x', '05b_x', '06_x'):
+        (tmp_path / f'{name}.py').write_text(f'# File to edit: ../nbs/{name}.ipynb')
     numbers = [notebook_number(tmp_path / f'{n}.py') for n in ('05_x', '05a_x', '05b_x', '06_x')]
     assert numbers == sorted(numbers) and len(set(numbers)) == 4
 

@@ -52,7 +52,7 @@ def params_for(fmt:str, d:Path, extra=()) -> tuple:
 
 @pytest.mark.parametrize('fmt', ['redsm5', 'redsm5_single', 'pairs', 'imhi'])
 def test_one_criterion_in_every_format(fmt, tmp_path):
-    "Each loader reads the one criterion (in process), the folds are stratified on its label, the holdout parts are apart."
+    "Each loader reads the one criterion (in process), folds are stratified on its label, the holdout parts are apart."
     from criteria_cls.data import load_table
     from criteria_cls.jobs import holdout_parts
     from criteria_cls.splits import fold_pairs, folds_from_params
@@ -78,7 +78,8 @@ def test_one_criterion_cv_through_the_cli(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout)
     assert (s['posts'], s['criteria'], s['positive'], s['splittable']) == (18, 1, 6, True)
-    r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *data, *smoke_overrides(tmp_path, 'one'), '--jobs', 2, '--quiet')
+    r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *data, *smoke_overrides(tmp_path, 'one'), '--jobs', 2,
+                '--quiet')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'Traceback' not in r.stderr
     d = Path(r.stdout.split('notebooks and summary: ')[1].split('\n')[0])

@@ -7,16 +7,19 @@ from mlflow import MlflowClient
 from conftest import EXE, ROOT, run_cli, smoke_overrides, store_env
 from criteria_cls.metrics import binary_metrics
 
-COMPARE = ('pooled_oof', 'across_folds', 'per_criterion', 'baseline_tfidf_lr', 'thresholds', 'data_hash', 'split_hash', 'folds')
+COMPARE = ('pooled_oof', 'across_folds', 'per_criterion', 'baseline_tfidf_lr', 'thresholds', 'data_hash', 'split_hash',
+           'folds')
 
 
 def parents(client, name):
     exp = client.get_experiment_by_name(name)
-    return client.search_runs([exp.experiment_id], filter_string="tags.kind = 'cv'", order_by=['attributes.start_time ASC'])
+    return client.search_runs([exp.experiment_id], filter_string="tags.kind = 'cv'",
+                              order_by=['attributes.start_time ASC'])
 
 
 def children(client, parent):
-    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
 def artifacts(client, run_id, path=''):
@@ -29,7 +32,8 @@ def numbers(s):
 
 def test_cv_runs_logs_and_reports(smoke_cv):
     client, parent, d = smoke_cv['client'], smoke_cv['parent'], smoke_cv['dir']
-    assert 'report:' in smoke_cv['stdout'] and f"MLflow store: {smoke_cv['env']['MLFLOW_TRACKING_URI']}" in smoke_cv['stdout']
+    assert 'report:' in smoke_cv['stdout']
+    assert f"MLflow store: {smoke_cv['env']['MLFLOW_TRACKING_URI']}" in smoke_cv['stdout']
     assert parent.info.status == 'FINISHED'
     kids = children(client, parent)
     k = json.loads((d / 'folds.json').read_text())['params']['folds']
@@ -44,11 +48,12 @@ def test_cv_runs_logs_and_reports(smoke_cv):
         # the precision that ran (`auto` asked): bf16 only where the CPU has native bf16
         from criteria_cls.model import resolve_precision
         assert c.data.params['ran.precision'] == resolve_precision(c.data.params['train.mixed_precision'], 'cpu')
-    assert {'summary/summary.json', 'summary/thresholds.json', 'summary/summary.md'} <= artifacts(client, parent.info.run_id, 'summary')
+    assert ({'summary/summary.json', 'summary/thresholds.json', 'summary/summary.md'}
+            <= artifacts(client, parent.info.run_id, 'summary'))
     assert {'report/report.html', 'report/aggregate.ipynb'} <= artifacts(client, parent.info.run_id, 'report')
     assert d.parent.parent == smoke_cv['tmp'] / 'reports'
-    for f in [*(f'fold_{i}.ipynb' for i in range(k)), *(f'fold_{i}.html' for i in range(k)), 'aggregate.html', 'report.html',
-              'summary.md', 'thresholds.json']:
+    for f in [*(f'fold_{i}.ipynb' for i in range(k)), *(f'fold_{i}.html' for i in range(k)), 'aggregate.html',
+              'report.html', 'summary.md', 'thresholds.json']:
         assert (d / f).exists(), f
     html = (d / 'report.html').read_text()
     assert 'data:image/png;base64' in html and 'aggregate_job(' not in html   # figures embedded, code hidden
@@ -84,7 +89,7 @@ def test_cv_prints_the_time_breakdown_and_the_ui_for_its_store(smoke_cv):
     for kid in children(smoke_cv['client'], smoke_cv['parent']):
         m, row = kid.data.metrics, rows[kid.data.tags['fold']]
         assert abs(row[-1] - m['time_wall_s']) <= 0.5                                    # wall
-        assert abs(row[2] - m['time_train_s'] - m.get('time_probe_s', 0)) <= 0.5         # training: the probe and fine-tuning
+        assert abs(row[2] - m['time_train_s'] - m.get('time_probe_s', 0)) <= 0.5  # training: the probe and fine-tuning
         assert m['time_startup_s'] > 0 and m['time_html_s'] > 0 and m['time_data_s'] > 0 and m['time_log_s'] > 0
         assert abs(sum(row[:-1]) - row[-1]) <= 5     # the stages add up to the wall time (each printed rounded)
     assert 'aggregation and CV report:' in out
@@ -114,8 +119,8 @@ def test_aggregate_again_gives_the_same_summary(smoke_cv):
 
 def test_failing_fold_marks_runs_failed(smoke_cv):
     tmp, env, client = smoke_cv['tmp'], smoke_cv['env'], smoke_cv['client']
-    r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *smoke_overrides(tmp, 'e2e-fail'), 'model.backbone=/nonexistent/model-folder',
-                '--quiet')
+    r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *smoke_overrides(tmp, 'e2e-fail'),
+                'model.backbone=/nonexistent/model-folder', '--quiet')
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert 'Traceback' not in r.stderr
     assert 'fold 0' in r.stderr and 'fold_0.ipynb' in r.stderr and '/nonexistent/model-folder' in r.stderr
@@ -127,8 +132,9 @@ def test_failing_fold_marks_runs_failed(smoke_cv):
 
 def test_holdout_on_imhi(tmp_path, root, bench):
     env = store_env(tmp_path)
-    r = run_cli(env, 'holdout', '--params', 'params/smoke.yaml', *smoke_overrides(tmp_path, 'e2e-holdout'), 'data.format=imhi',
-                f'data.path={bench}/imhi_irf/val.csv', f'data.test_path={bench}/imhi_irf/test.csv', 'data.criteria_ids=null', '--quiet')
+    r = run_cli(env, 'holdout', '--params', 'params/smoke.yaml', *smoke_overrides(tmp_path, 'e2e-holdout'),
+                'data.format=imhi', f'data.path={bench}/imhi_irf/val.csv', f'data.test_path={bench}/imhi_irf/test.csv',
+                'data.criteria_ids=null', '--quiet')
     assert r.returncode == 0, r.stderr[-3000:]
     client = MlflowClient(env['MLFLOW_TRACKING_URI'])
     [run] = client.search_runs([client.get_experiment_by_name('e2e-holdout').experiment_id])
@@ -144,7 +150,8 @@ def test_outside_the_project_fold_by_fold_kill_and_resume(smoke_cv, tmp_path):
     """A params file kept outside the project extends params/smoke.yaml by absolute path and runs from a third folder:
     the project's data is found, the store and reports go beside the params file. The CV is set up without running
     folds (as for a scheduler), fold 0 runs with `criteria-cls fold`, fold 1 is killed with SIGKILL inside its notebook,
-    then `cv --resume` closes the killed run as KILLED and finishes: the summary is that of the uninterrupted smoke CV."""
+    then `cv --resume` closes the killed run as KILLED and finishes: the summary is that of the uninterrupted
+    smoke CV."""
     exp, work = tmp_path / 'exp', tmp_path / 'work'
     exp.mkdir(); work.mkdir()
     (exp / 'irf.yaml').write_text(f'extends: {ROOT}/params/smoke.yaml\nexperiment: e2e-outside\n')

@@ -66,10 +66,12 @@ def test_serve_invocations(registered):
         # good rows, in two request formats; the scores of the best fold's folder
         from criteria_cls.infer import Predictor
         want = Predictor.from_folders([registered['best']]).predict(PAIRS)
-        np.testing.assert_allclose(registered['predictor'].predict(PAIRS).probability.values, want.probability.values, atol=1e-6)
+        np.testing.assert_allclose(registered['predictor'].predict(PAIRS).probability.values, want.probability.values,
+                                   atol=1e-6)
         for body in ({'dataframe_records': PAIRS},
                      {'dataframe_split': {'columns': ['post', 'criterion_id', 'criterion'],
-                                          'data': [[r['post'], r['criterion_id'], r.get('criterion')] for r in PAIRS]}}):
+                                          'data': [[r['post'], r['criterion_id'], r.get('criterion')]
+                                                   for r in PAIRS]}}):
             status, got = post(url, body)
             assert status == 200, got
             rows = got['predictions']
@@ -88,7 +90,8 @@ def test_serve_invocations(registered):
         assert 400 <= status < 500, (status, got)
         assert "unknown criterion_id 'Z9'" in got.get('message', '') and 'A1, A4, A9' in got['message'], got
         # a criterion of the caller's own: the smoke model has one output per trained criterion, and says which
-        status, got = post(url, {'dataframe_records': [{'post': 'I feel low.', 'criterion_id': 'own', 'criterion': 'Low.'}]})
+        status, got = post(url, {'dataframe_records': [{'post': 'I feel low.', 'criterion_id': 'own',
+                                                        'criterion': 'Low.'}]})
         assert 400 <= status < 500, (status, got)
         assert 'scores only the criteria it was trained with: A1, A4, A9' in got.get('message', ''), got
         # an empty post

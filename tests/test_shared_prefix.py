@@ -11,7 +11,8 @@ from criteria_cls.train import _StepState, train_step
 @pytest.fixture(scope='module')
 def smol():
     "SmolLM2-135M with LoRA on every projection of every layer, dropout off (so both runs compute the same thing)."
-    p = load_params(ROOT / 'params' / 'smollm2.yaml', ['model.dropout=0.0', 'prompt.max_length=512', 'train.shared_prefix=true',
+    p = load_params(ROOT / 'params' / 'smollm2.yaml', ['model.dropout=0.0', 'prompt.max_length=512',
+                                                         'train.shared_prefix=true',
                                                          'train.neg_per_pos=null'])   # every pair in both forms
     seed_everything(0)
     model, tok = build_model(p, 'cpu')
@@ -33,7 +34,7 @@ def test_prompts_are_the_separate_prompts(smol):
     assert shares_prefix(p, model)
     assert [sh.units[r]['input_ids'] + sh.suffixes[c]['input_ids'] for r, c in zip(sh.rows, sh.cols)] == \
            [u['input_ids'] for u in sep.units]
-    assert len({tuple(sh.units[r]['input_ids']) for r in sh.rows}) == 3          # one prefix per post, for all nine criteria
+    assert len({tuple(sh.units[r]['input_ids']) for r in sh.rows}) == 3  # one prefix per post, for all nine criteria
 
 
 def test_same_loss_and_gradients(smol):
@@ -55,4 +56,5 @@ def test_same_loss_and_gradients(smol):
 
 def test_same_scores(smol):
     p, model, tok, pairs, crit = smol
-    np.testing.assert_allclose(shared_task(p, tok, pairs, crit).score(model), pair_task(p, tok, pairs).score(model), atol=1e-5)
+    np.testing.assert_allclose(shared_task(p, tok, pairs, crit).score(model), pair_task(p, tok, pairs).score(model),
+                               atol=1e-5)
