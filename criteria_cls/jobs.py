@@ -292,9 +292,9 @@ def summary_markdown(s:dict) -> str:
         lines += ['', f"Evidence ({ev['pairs']} positive pairs with an annotated sentence): the top sentence is an "
                   f"annotated one for P@1 {ev['p_at_1']['value']:.3f} ({ev['p_at_1']['low']:.3f}–"
                   f"{ev['p_at_1']['high']:.3f}); mean AP {ev['ap']['value']:.3f}; R@3 {ev['r_at_3']['value']:.3f}."]
-        if b := ev.get('cosine_baseline'):
+        if z := ev.get('cosine_baseline'):
             lines += [f"Zero-shot reference (each sentence's cosine to the description, frozen backbone): P@1 "
-                      f"{b['p_at_1']:.3f}, mean AP {b['ap']:.3f}, R@3 {b['r_at_3']:.3f}."]
+                      f"{z['p_at_1']:.3f}, mean AP {z['ap']:.3f}, R@3 {z['r_at_3']:.3f}."]
     lines += ['', f"TF-IDF + logistic regression on the same folds: F1 {b['f1']:.3f} ({b['low']:.3f}–{b['high']:.3f}). "
               f"Trivial references: positive rate {ref['positive_rate']:.3f}; answering yes to every pair scores F1 "
               f"{ref['always_yes_f1']:.3f} (2p/(1+p)).", '',
