@@ -30,8 +30,9 @@ $(VENV)/.installed: setup.py settings.ini
 
 install: $(VENV)/.installed  ## create .venv with torch (CPU), the package, dev tools, offline models and the kernel
 
-lint: install  ## ruff over the package and the notebooks (rules in pyproject.toml)
+lint: install  ## ruff over the package and the notebooks (rules in pyproject.toml); how the notebooks read (.ci/cellstats.py)
 	$(BIN)/ruff check criteria_cls nbs tests
+	$(PY) .ci/cellstats.py --check
 
 test: install lint  ## lint, notebooks clean and in sync, then nbdev_test, then pytest tests/ (skipped tests listed)
 	@$(BIN)/nbdev_clean && $(BIN)/nbdev_export
