@@ -40,7 +40,7 @@ test: install lint  ## lint, notebooks clean and in sync, then nbdev_test, then 
 	  git status --porcelain -- nbs criteria_cls; \
 	  echo "nbdev_clean/nbdev_export changed the files above: run them and commit the result" >&2; exit 1; fi
 	$(BIN)/nbdev_test --n_workers 2 --timing
-	$(BIN)/pytest -q -rs tests/
+	$(BIN)/pytest -q -rs --durations=10 tests/
 
 cv: install  ## cross-validate the default profile (PARAMS=...) and report where the results are
 	$(BIN)/criteria-cls cv --params $(PARAMS)
