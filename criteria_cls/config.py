@@ -116,7 +116,7 @@ SCHEMA['train'] = {
     'effective_batch_size': (16, int, 'units per optimizer step, reached by gradient accumulation; a multiple of '
                              '`train.batch_size`'),
     'eval_batch_size': (64, int, 'units per batch when scoring'),
-    'max_batch_tokens': (8192, int, 'tokens per training micro-batch at most, padding counted: bounds memory on long '
+    'max_batch_tokens': (4096, int, 'tokens per training micro-batch at most, padding counted: bounds memory on long '
                          'posts (a micro-batch over it is cut into smaller ones, the effective batch kept)'),
     'eval_max_batch_tokens': (32768, int, 'tokens per batch at most when scoring, caching or probing, padding counted'),
     'class_weight': ('balanced', (str, float, int), "the positive class's loss weight: `none`, `balanced` (from the "
