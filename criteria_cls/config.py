@@ -81,7 +81,8 @@ SCHEMA['model'] = {
                              'similarity to its description'),
     'warm_start': ('none', str, '`probe`: fit the head as logistic regressions on frozen features before '
                    'fine-tuning (epoch 0); `none`'),
-    'post_score': ('features', str, 'multi head with `segments: sentences`: `features` (the head reads the mean and '
+    'post_score': ('features', str, 'multi head with `segments: sentences` (else unused): `features` (the head '
+                   'reads the mean and '
                    'max of the sentence vectors) or `sentences` (a logit per sentence piece, pooled into the post\'s '
                    'logit: the sentence scores are the evidence)'),
     'sentence_pool': ('lse', str, '`post_score: sentences`: how piece logits make the post\'s logit: `lse` (log of the '
@@ -344,10 +345,9 @@ def _check_combinations(p):
     if p.model.head == 'pair' and (p.model.segments != 'post' or p.model.criterion_similarity):
         raise InputError("model.segments: sentences and model.criterion_similarity need model.head: multi "
                          "(the pair head reads one (post, criterion) prompt)")
-    if p.model.post_score == 'sentences' and (p.model.head != 'multi' or p.model.segments != 'sentences'
-                                              or p.model.criterion_similarity):
-        raise InputError("model.post_score: sentences scores each sentence: it needs model.head: multi and "
-                         "model.segments: sentences, without model.criterion_similarity")
+    if p.model.post_score == 'sentences' and p.model.criterion_similarity:
+        raise InputError("model.criterion_similarity is an input of the mean-and-max head: set "
+                         "model.post_score=features with it (model.post_score: sentences scores each sentence alone)")
     if p.model.criterion_similarity and p.model.segments != 'sentences':
         raise InputError("model.criterion_similarity compares sentences with criteria: it needs "
                          "model.segments: sentences")
