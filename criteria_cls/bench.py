@@ -201,7 +201,8 @@ def bench_train(p,                  # resolved params
         out['hf_trainer'] = with_rss(trainer_anchor, p, sub, steps, device)
     if 'ours' in rows: out['ours'] = with_rss(_time_steps, model, task, p, steps, precision)
     if 'ours_padded' in rows:
-        out['ours_padded'] = with_rss(_time_steps, model, task, p, steps, precision, pad_to=p.prompt.max_length)
+        longest = p.prompt.sentence_max_length if p.model.segments == 'sentences' else p.prompt.max_length
+        out['ours_padded'] = with_rss(_time_steps, model, task, p, steps, precision, pad_to=longest)
     note = lambda m: out.setdefault('notes', []).append(m)
     if 'ours_shared' in rows and (row := _shared_row(p, model, tok, sub, criteria, task, steps, precision, note)):
         out['ours_shared'] = {**row, 'vs_ours': row['pairs_per_s'] / out['ours']['pairs_per_s']}
