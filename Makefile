@@ -34,13 +34,13 @@ lint: install  ## ruff over the package and the notebooks (rules in pyproject.to
 	$(BIN)/ruff check criteria_cls nbs tests
 	$(PY) .ci/cellstats.py --check
 
-test: install lint  ## lint, notebooks clean and in sync, then nbdev_test, then pytest tests/ (skipped tests listed)
+test: install lint  ## lint, notebooks clean and in sync, then nbdev_test, then pytest tests/ on two workers (skipped tests listed)
 	@$(BIN)/nbdev_clean && $(BIN)/nbdev_export
 	@if [ -n "$$(git status --porcelain -- nbs criteria_cls)" ]; then \
 	  git status --porcelain -- nbs criteria_cls; \
 	  echo "nbdev_clean/nbdev_export changed the files above: run them and commit the result" >&2; exit 1; fi
 	$(BIN)/nbdev_test --n_workers 2 --timing
-	$(BIN)/pytest -q -rs --durations=10 tests/
+	$(BIN)/pytest -q -rs --durations=10 -n 2 --dist loadgroup tests/
 
 cv: install  ## cross-validate the default profile (PARAMS=...) and report where the results are
 	$(BIN)/criteria-cls cv --params $(PARAMS)

@@ -42,19 +42,40 @@ def smoke_overrides(tmp:Path, experiment:str) -> list:
     return [f'experiment={experiment}', f'report.dir={tmp}/reports', f'tracking.artifact_location={tmp}/mlruns']
 
 
-@pytest.fixture(scope='session')
-def smoke_cv(tmp_path_factory):
-    "One real `criteria-cls cv --params params/smoke.yaml` for the whole test run, in a fresh store."
-    from mlflow import MlflowClient
-    tmp = tmp_path_factory.mktemp('smoke_cv')
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # two test workers share the cores: one thread each (the CLI subprocesses and kernels inherit it)
+    for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(var, '1')
+
+
+def _run_smoke_cv(tmp:Path) -> dict:
+    "Run the smoke CV into `tmp`; what the tests need to find it again, as JSON-able values."
     env = store_env(tmp)
     env['MLFLOW_RUN_ID'] = 'inherited-and-must-not-leak'
     r = run_cli(env, 'cv', '--params', 'params/smoke.yaml', *smoke_overrides(tmp, 'e2e'), '--quiet')
     assert r.returncode == 0, r.stderr[-3000:]
-    env.pop('MLFLOW_RUN_ID')
+    return {'tmp': str(tmp), 'stdout': r.stdout}
+
+
+@pytest.fixture(scope='session')
+def smoke_cv(tmp_path_factory):
+    """One real `criteria-cls cv --params params/smoke.yaml` for the whole test run, in a fresh store.
+
+    Under pytest-xdist the first worker to ask runs it (a file lock in the run's shared temp folder); the others
+    wait for it and read the same store."""
+    from filelock import FileLock
+    from mlflow import MlflowClient
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get('PYTEST_XDIST_WORKER') \
+        else tmp_path_factory.getbasetemp()
+    record = shared / 'smoke_cv.json'
+    with FileLock(str(record) + '.lock'):
+        if not record.exists():
+            record.write_text(json.dumps(_run_smoke_cv(tmp_path_factory.mktemp('smoke_cv'))))
+    rec = json.loads(record.read_text())
+    tmp = Path(rec['tmp'])
+    env = store_env(tmp)
     client = MlflowClient(env['MLFLOW_TRACKING_URI'])
     exp = client.get_experiment_by_name('e2e')
     [parent] = client.search_runs([exp.experiment_id], filter_string="tags.kind = 'cv'")
     d = Path(parent.data.tags['run_dir'])
-    return {'tmp': tmp, 'env': env, 'client': client, 'parent': parent, 'dir': d, 'stdout': r.stdout,
+    return {'tmp': tmp, 'env': env, 'client': client, 'parent': parent, 'dir': d, 'stdout': rec['stdout'],
             'summary': json.loads((d / 'summary.json').read_text())}

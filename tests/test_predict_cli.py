@@ -4,6 +4,7 @@ import numpy as np, pandas as pd
 import pytest
 from conftest import EXE, run_cli
 POST = 'I lie awake until 4am every night, then sleep through my alarms and feel exhausted.'
+pytestmark = pytest.mark.xdist_group('smoke')   # the smoke CV's store: one xdist worker, in order
 
 
 @pytest.fixture(scope='module')

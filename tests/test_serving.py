@@ -11,6 +11,7 @@ VENV_BIN = str(Path(sys.executable).parent)
 PAIRS = [{'post': 'I lie awake until 4am every night and sleep through my alarms.', 'criterion_id': 'A4'},
          {'post': 'Great leg day today, new squat record!', 'criterion_id': 'A9'},
          {'post': 'Everything is my fault, I ruin whatever I touch.', 'criterion_id': 'A1'}]
+pytestmark = pytest.mark.xdist_group('smoke')   # the smoke CV's store: one xdist worker, in order
 
 
 @pytest.fixture(scope='module')
