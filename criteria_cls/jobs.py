@@ -21,7 +21,8 @@ from . import tracking
 # %% auto #0
 __all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'run_name', 'run_dir', 'CVRun', 'load_cv', 'holdout_parts', 'run_parts',
            'log_fold', 'FoldOutcome', 'fold_job', 'fold_table', 'time_table', 'always_yes_f1', 'CVSummary',
-           'cv_summary', 'evidence_doc', 'summary_markdown', 'Aggregate', 'aggregate_job']
+           'cv_summary', 'evidence_doc', 'holdout_evidence', 'log_holdout_evidence', 'summary_markdown', 'Aggregate',
+           'aggregate_job']
 
 # %% ../nbs/12_jobs.ipynb #bbe7365b
 def run_name(p) -> str:
@@ -153,6 +154,8 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     if result.test_sentences is not None:        # the evidence: each test pair's sentences with their scores
         result.test_sentences.to_csv(out / f'{stem}_test_sentences.csv', index=False)
         tracking.log_frame(client, run_id, result.test_sentences, 'test_sentences')
+    if stem == 'holdout' and (ev := holdout_evidence(p, test, result.test_sentences)):
+        log_holdout_evidence(client, run_id, ev, out)
     model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold,
                                 result.criteria, {'fold': k, 'run_id': run_id, 'best_epoch': result.best_epoch,
                                                   'test_f1': m['f1']})
@@ -271,6 +274,30 @@ def evidence_doc(scores:pd.DataFrame,     # out-of-fold sentence scores: post_id
     return {**doc,
             'per_criterion': {c: {'pairs': int(r.pairs), **{m: _r4(r[m]) for m in ('p_at_1', 'ap', 'r_at_3')}}
                               for c, r in t.drop(index='ALL').iterrows()}}
+
+# %% ../nbs/12_jobs.ipynb #77c42cfb
+def holdout_evidence(p, test:pd.DataFrame,     # the holdout's test predictions: post_id, criterion_id, label, prob
+                     scores:pd.DataFrame|None, # their sentence scores (None: the model gives none)
+                    ) -> dict|None:
+    "`evidence_doc` on `data.test_path`'s annotated sentences, with post-level ROC-AUCs of the model and the cosine."
+    if scores is None or not p.data.test_path: return None
+    t = load_table(p, 'test_path')
+    if not len(t.sentences): return None
+    cos = cosine_sentence_scores(p, t.posts, t.criteria, set(zip(test.post_id, test.criterion_id)))
+    doc = evidence_doc(scores, t.sentences, p.metrics.bootstrap, p.seed, cos)
+    if doc is None: return None
+    post = cos.groupby(['post_id', 'criterion_id']).score.max().rename('cosine').reset_index().merge(test)
+    doc['roc_auc'] = _r4(binary_metrics(test.label, test.prob, 0.5)['roc_auc'])
+    doc['cosine_baseline']['roc_auc'] = _r4(binary_metrics(post.label, post.cosine, 0.5)['roc_auc'])
+    return {'posts': int(test.post_id.nunique()), **doc}
+
+# %% ../nbs/12_jobs.ipynb #2ce7d5f5
+def log_holdout_evidence(client, run_id:str, ev:dict, out:Path):
+    "`holdout_evidence.json` in `out` and on the run; its numbers as `test_evidence_*` and `cosine_*` metrics."
+    (out / 'holdout_evidence.json').write_text(json.dumps(ev, indent=1) + '\n')
+    tracking.log_artifact(client, run_id, out / 'holdout_evidence.json', 'summary')
+    tracking.log_metrics(client, run_id, {**{f'test_evidence_{m}': ev[m]['value'] for m in ('p_at_1', 'ap', 'r_at_3')},
+                                          **{f'cosine_{m}': v for m, v in ev['cosine_baseline'].items()}})
 
 # %% ../nbs/12_jobs.ipynb #d1e58181
 def summary_markdown(s:dict) -> str:

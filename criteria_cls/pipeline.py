@@ -23,8 +23,8 @@ from . import tracking
 # %% auto #0
 __all__ = ['KERNEL', 'KERNEL_ARGS', 'notebooks_dir', 'kernel_argv', 'ensure_kernel', 'NotebookFailed', 'execute_notebook',
            'data_tags', 'log_params_file', 'start_cv', 'create_fold_run', 'cells_after', 'log_times', 'run_fold',
-           'close_stale_runs', 'run_aggregate', 'ui_command', 'resume_command', 'format_times', 'run_cv', 'run_holdout',
-           'run_recipes']
+           'close_stale_runs', 'run_aggregate', 'ui_command', 'resume_command', 'format_times', 'run_cv',
+           'evidence_line', 'run_holdout', 'run_recipes']
 
 # %% ../nbs/13_pipeline.ipynb #f485db84
 KERNEL = 'criteria-cls'
@@ -358,6 +358,14 @@ def _start_holdout(client, p, params_file, parts:dict, log) -> tuple:
     for n in notes: log(f'warning: {n}')
     return rid, name, d
 
+# %% ../nbs/13_pipeline.ipynb #c7740cd1
+def evidence_line(m:dict) -> str:
+    "A holdout's evidence metrics (`holdout_evidence`), next to the zero-shot cosine reference, as one line."
+    f = lambda pre: ', '.join(f'{n} {m[pre + k]:.3f}' for n, k in (('ROC-AUC', 'roc_auc'), ('P@1', 'p_at_1'),
+                                                                    ('AP', 'ap')) if pre + k in m)
+    return f"evidence on the test set's annotated sentences: {f('test_evidence_')} (test {f('test_')}); " \
+           f"zero-shot cosine: {f('cosine_')}"
+
 # %% ../nbs/13_pipeline.ipynb #d6f7d891
 def _holdout_done(client, rid:str, p, name:str, nb:Path, notebook_s:float, t0:float, log) -> dict:
     "Render and attach the holdout's report, log its times, finish the run; what `run_holdout` returns."
@@ -370,6 +378,7 @@ def _holdout_done(client, rid:str, p, name:str, nb:Path, notebook_s:float, t0:fl
     log(f"test F1 {m['test_f1']:.3f}, weighted F1 {m['test_weighted_f1']:.3f} at threshold {m['test_threshold']:.2f} "
         f"({time.time()-t0:.0f} s)\nreport: {report}\nMLflow: run {rid} in {p.tracking.uri}\n"
         f"browse it: {ui_command(p.tracking.uri)}")
+    if 'test_evidence_p_at_1' in m: log(evidence_line(m))
     log(f'where the time went:\n{format_times(time_table({"holdout": m}))}')
     return {'run_id': rid, 'dir': d, 'report': report, 'metrics': m, 'times': times}
 
