@@ -10,8 +10,9 @@ from .config import DEFAULT_MODEL_NAME, InputError, load_params
 # %% auto #0
 __all__ = ['COMMANDS', 'store_overrides', 'default_store', 'say', 'command', 'build_parser', 'main', 'data_stats', 'cmd_data',
            'add_data', 'cmd_cv', 'add_cv', 'cmd_fold', 'add_fold', 'cmd_aggregate', 'add_aggregate', 'cmd_holdout',
-           'add_holdout', 'model_line', 'score_table', 'cmd_predict', 'add_predict', 'with_evidence', 'cmd_screen',
-           'add_screen', 'cmd_register', 'add_register', 'cmd_bench_train', 'cmd_bench', 'add_bench', 'console']
+           'add_holdout', 'cmd_compare', 'add_compare', 'model_line', 'score_table', 'cmd_predict', 'add_predict',
+           'with_evidence', 'cmd_screen', 'add_screen', 'cmd_register', 'add_register', 'cmd_bench_train', 'cmd_bench',
+           'add_bench', 'console']
 
 # %% ../nbs/14_cli.ipynb #e7a12bcd
 def store_overrides() -> list:
@@ -201,6 +202,34 @@ def add_holdout(sub):
     _params_args(sp)
     sp.add_argument('--quiet', action='store_true')
     sp.set_defaults(func=cmd_holdout)
+
+# %% ../nbs/14_cli.ipynb #5dad91be
+def cmd_compare(args) -> int:
+    "Run B against run A, paired over the posts both scored: a table (or JSON) and an HTML report on B's run."
+    from criteria_cls.compare import compare_runs, comparison_doc, format_comparison, save_comparison
+    if args.n_boot is not None and args.n_boot < 1:
+        raise InputError(f'--n-boot must be at least 1, got {args.n_boot}')
+    os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
+    store = args.tracking_uri or default_store()
+    say(f'MLflow store: {store}')
+    c = compare_runs(args.run_a, args.run_b, store, args.n_boot, args.seed)
+    f = save_comparison(c, store)
+    print(json.dumps(comparison_doc(c), indent=1) if args.json else format_comparison(c))
+    say(f'report: {f} (attached to run B {args.run_b} as compare/{f.name})')
+    return 0
+
+# %% ../nbs/14_cli.ipynb #b59d86a2
+@command
+def add_compare(sub):
+    sp = sub.add_parser('compare', help='run B against run A: paired bootstrap over the posts both scored')
+    sp.add_argument('run_a', metavar='RUN_A', help='the reference: a CV parent run or a holdout run')
+    sp.add_argument('run_b', metavar='RUN_B', help='the challenger, on the same data (the report goes onto its run)')
+    sp.add_argument('--tracking-uri', metavar='URI', help='the MLflow store (default: MLFLOW_TRACKING_URI, else the '
+                                                          "project's sqlite:///mlflow.db)")
+    sp.add_argument('--n-boot', type=int, metavar='N', help="bootstrap resamples (default: B's metrics.bootstrap)")
+    sp.add_argument('--seed', type=int, help="resampling seed (default: B's seed)")
+    sp.add_argument('--json', action='store_true', help='print JSON only on stdout')
+    sp.set_defaults(func=cmd_compare)
 
 # %% ../nbs/14_cli.ipynb #97c3c085
 def _quiet_libs():

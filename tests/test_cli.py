@@ -1,6 +1,7 @@
 "The installed `criteria-cls` command, run as a user runs it: a subprocess, its stdout, stderr and exit status."
 import json, shutil, subprocess, sys
 from pathlib import Path
+from conftest import ROOT, run_cli, store_env
 
 EXE = shutil.which('criteria-cls', path=str(Path(sys.executable).parent)) or 'criteria-cls'
 
@@ -84,3 +85,42 @@ def test_data_notes_and_clear_messages(tmp_path, root):
     (tmp_path / 'redsm5_annotations.csv').write_text(
         'post_id,sentence_id,sentence_text,DSM5_symptom,status,explanation\n')
     assert 'the posts file has no posts' in _bad(tmp_path, root, f'data.path={tmp_path}')
+
+
+def _logged_cv(client, exp, tmp:Path, preds, data_hash:str, name:str) -> str:
+    "A finished CV parent run as `aggregate` leaves it (tags, params.yaml, oof_predictions), without training."
+    from criteria_cls import tracking
+    from criteria_cls.config import load_params, save_params
+    rid = tracking.start_run(client, exp, name, tags={'kind': 'cv', 'data_hash': data_hash, 'run_dir': str(tmp / name)})
+    p = load_params(ROOT / 'params/default.yaml', ['metrics.bootstrap=200'])
+    tracking.log_artifact(client, rid, save_params(p, tmp / 'params.yaml'))
+    tracking.log_frame(client, rid, preds, 'oof_predictions')
+    tracking.end_run(client, rid)
+    return rid
+
+
+def test_compare_two_runs_and_refuse_other_data(tmp_path):
+    "`compare RUN_A RUN_B`: the table on stdout and the report in B's folder; runs over other data: exit 2."
+    import numpy as np, pandas as pd
+    from criteria_cls import tracking
+    uri = f'sqlite:///{tmp_path}/mlflow.db'
+    client = tracking.get_client(uri)
+    exp = tracking.ensure_experiment(client, 'compare', tracking.artifact_location(uri, f'{tmp_path}/mlruns'))
+    rng = np.random.default_rng(0)
+    a = pd.DataFrame({'post_id': np.repeat(np.arange(40), 3), 'criterion_id': ['A1', 'A2', 'A3'] * 40})
+    a = a.assign(label=rng.integers(0, 2, len(a)), prob=rng.random(len(a)), threshold=0.5)
+    b = a.assign(prob=0.5 * a.label + 0.5 * rng.random(len(a)))          # the label leaks into B's scores
+    ra, rb, other = (_logged_cv(client, exp, tmp_path, df, h, n)
+                     for df, h, n in ((a, 'h1', 'run-a'), (b, 'h1', 'run-b'), (b, 'h2', 'run-other')))
+    env = store_env(tmp_path)
+    r = run_cli(env, 'compare', ra, rb, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {l.split()[0]: l.split() for l in r.stdout.splitlines()[4:]}
+    assert list(rows) == ['metric', 'F1', 'ROC-AUC', 'PR-AUC'] and rows['ROC-AUC'][-1] == '100.0%', r.stdout
+    report = tmp_path / 'run-b' / f'compare_{ra[:8]}.html'
+    assert report.exists() and f'report: {report} (attached to run B {rb}' in r.stderr, r.stderr
+    r = run_cli(env, 'compare', ra, other, cwd=tmp_path, timeout=300)
+    assert (r.returncode, r.stdout) == (2, ''), (r.returncode, r.stdout, r.stderr)
+    assert 'Traceback' not in r.stderr
+    assert (f'criteria-cls compare: error: run A {ra} (run-a) and run B {other} (run-other) scored different data: '
+            f'data hash h1 (A) against h2 (B)') in r.stderr, r.stderr
