@@ -108,7 +108,9 @@ SCHEMA['prompt'] = {
 # %% ../nbs/00_config.ipynb #821833b7
 SCHEMA['train'] = {
     'epochs': (3, int, 'at most this many epochs'),
-    'patience': (2, int, 'early stopping: epochs without improvement of dev `metrics.select`'),
+    'patience': (2, int, 'early stopping: epochs without improvement of dev `train.stop_on`'),
+    'stop_on': ('select', str, 'the dev metric early stopping keeps the best epoch by: `select` (`metrics.select` at '
+                'the dev-tuned threshold), `roc_auc` or `pr_auc` (ranking, no threshold)'),
     'lr': (5.0e-4, float, 'learning rate of the adapter (of the whole backbone with `model.peft: none`)'),
     'weight_decay': (0.0, float, 'AdamW weight decay'),
     'warmup_ratio': (0.06, float, 'share of the steps with a linear warm-up of the learning rate'),
@@ -306,6 +308,7 @@ CHOICES = {
     ('prompt', 'criterion_text'): ('description', 'name', 'id'),
     ('train', 'mixed_precision'): ('auto', 'bf16', 'fp16', 'no'),
     ('metrics', 'select'): ('f1', 'weighted_f1'),
+    ('train', 'stop_on'): ('select', 'roc_auc', 'pr_auc'),
     ('model', 'head'): ('pair', 'multi'),
     ('model', 'pooling'): ('auto', 'mean', 'cls', 'last'),
     ('model', 'segments'): ('post', 'sentences'),

@@ -22,9 +22,9 @@ from .tasks import Epoch, Task, make_task, shares_prefix
 from .probe import probe_head
 
 # %% auto #0
-__all__ = ['torch_setup', 'sentence_targets', 'train_step', 'make_optimizer', 'dev_record', 'KeepBest', 'train_mode', 'Stopwatch',
-           'FoldResult', 'pairs_criteria', 'Fold', 'prepare_fold', 'fold_tasks', 'Fit', 'start_fit', 'warm_start',
-           'optimizer_step', 'fit_epoch', 'score_test', 'train_fold']
+__all__ = ['torch_setup', 'sentence_targets', 'train_step', 'make_optimizer', 'dev_record', 'KeepBest', 'stop_metric',
+           'train_mode', 'Stopwatch', 'FoldResult', 'pairs_criteria', 'Fold', 'prepare_fold', 'fold_tasks', 'Fit',
+           'start_fit', 'warm_start', 'optimizer_step', 'fit_epoch', 'score_test', 'train_fold']
 
 # %% ../nbs/06c_train.ipynb #6cc6be18
 def torch_setup(p, threads:int|None=None):
@@ -145,6 +145,11 @@ class KeepBest:
         "Put the best epoch's weights back."
         with torch.no_grad():
             for n, w in self.named: w.copy_(self.best['state'][n])
+
+# %% ../nbs/06c_train.ipynb #b847af47
+def stop_metric(p) -> str:
+    "The dev metric `KeepBest` keeps epochs by: `metrics.select`, or the ranking metric `train.stop_on` names."
+    return p.metrics.select if p.train.stop_on == 'select' else p.train.stop_on
 
 # %% ../nbs/06c_train.ipynb #9bb13e35
 def _bar(progress, total:int, desc:str):
@@ -306,7 +311,7 @@ def start_fit(f:Fold, train:Task) -> Fit:
     params, opt, sched = make_optimizer(f.model, T, math.ceil(len(first.units) / T.effective_batch_size))
     scaler = torch.amp.GradScaler('cuda') if f.precision == 'fp16' else None
     return Fit(params, opt, sched, scaler, train.class_weights(T.class_weight, first),
-               _StepState(micro=min(T.batch_size, T.effective_batch_size)), KeepBest(f.model, f.p.metrics.select))
+               _StepState(micro=min(T.batch_size, T.effective_batch_size)), KeepBest(f.model, stop_metric(f.p)))
 
 # %% ../nbs/06c_train.ipynb #60ca36fe
 def _record(f:Fold, fit:Fit, dev:Task, prob, **facts) -> dict:
