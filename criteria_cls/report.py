@@ -7,18 +7,20 @@ from __future__ import annotations
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
+import html
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import seaborn as sns
 import nbformat
 from nbconvert import HTMLExporter
 from sklearn.metrics import confusion_matrix
+from .data import split_sentences
 from .metrics import threshold_sweep, criterion_table, curves
 
 # %% auto #0
-__all__ = ['PALETTE', 'report_theme', 'themed', 'tidy', 'plot_learning_curves', 'plot_confusion', 'plot_threshold_curve',
-           'fold_criterion_f1', 'plot_f1_heatmap', 'plot_fold_curves', 'plot_baseline_comparison',
-           'plot_time_breakdown', 'render_html']
+__all__ = ['PALETTE', 'EVIDENCE_COLUMNS', 'report_theme', 'themed', 'tidy', 'plot_learning_curves', 'plot_confusion',
+           'plot_threshold_curve', 'evidence_examples', 'fold_criterion_f1', 'plot_f1_heatmap', 'plot_fold_curves',
+           'plot_baseline_comparison', 'evidence_quality', 'plot_time_breakdown', 'render_html']
 
 # %% ../nbs/11_report.ipynb #6b38e7e1
 PALETTE = 'colorblind'
@@ -105,6 +107,42 @@ def plot_threshold_curve(dev:pd.DataFrame, test:pd.DataFrame|None, threshold:flo
     fig.tight_layout()
     return fig
 
+# %% ../nbs/11_report.ipynb #31c9d496
+_ORDER = {(1, 0): 0, (0, 1): 1, (1, 1): 2}   # missed, false alarm, hit
+_KIND = ['missed (annotated yes, predicted no)', 'false alarm (annotated no, predicted yes)', 'hit']
+
+def _shaded(sentences:list, scores:dict) -> str:
+    "The post's sentences on an orange background as strong as their score relative to the best one (in bold)."
+    top = max(scores, key=scores.get) if scores else None
+    best, out = max(max(scores.values(), default=0.0), 1e-9), []
+    for i, s in enumerate(sentences):
+        a, t = scores.get(i, 0.0), html.escape(s)
+        out.append(f'<span style="background:rgba(255,140,0,{0.6 * a / best:.2f})" title="score {a:.2f}">'
+                   f"{f'<b>{t}</b>' if i == top else t}</span>")
+    return ' '.join(out)
+
+# %% ../nbs/11_report.ipynb #cd41fc86
+def _pair_html(r, names:dict, threshold:float, sentences:list, scores:dict) -> str:
+    "One pair: what kind of decision, the criterion, the post, the probability; then its shaded sentences."
+    return (f"<p><b>{_KIND[int(r.kind)]}</b> · {r.criterion_id} {html.escape(names.get(r.criterion_id, ''))} · "
+            f"post {html.escape(r.post_id)} · probability {r.prob:.2f} (threshold {threshold:.2f})<br>"
+            f"{_shaded(sentences, scores)}</p>")
+
+def evidence_examples(preds:pd.DataFrame,   # test predictions: post_id, criterion_id, label, prob
+                      scores:pd.DataFrame,  # their sentence scores: post_id, criterion_id, sentence_index, score
+                      posts:pd.DataFrame,   # post_id, text
+                      threshold:float, names:dict|None=None, n:int=12) -> str:
+    "HTML: up to `n` test pairs (errors first, then hits; negatives predicted no left out), sentences shaded."
+    d = preds.assign(pred=(preds.prob >= threshold).astype(int), post_id=preds.post_id.astype(str))
+    d['kind'] = [_ORDER.get((y, q)) for y, q in zip(d.label, d.pred)]
+    d = d.dropna(subset=['kind']).sort_values(['kind', 'prob'], kind='stable').head(n)
+    text = dict(zip(posts.post_id.astype(str), posts.text))
+    sc = {k: dict(zip(g.sentence_index, g.score))
+          for k, g in scores.assign(post_id=scores.post_id.astype(str)).groupby(['post_id', 'criterion_id'])}
+    items = [_pair_html(r, names or {}, threshold, split_sentences(text.get(r.post_id, '')),
+                        sc.get((r.post_id, r.criterion_id), {})) for r in d.itertuples()]
+    return '\n'.join(items) or '<p>no test pair to show</p>'
+
 # %% ../nbs/11_report.ipynb #76e9224c
 def fold_criterion_f1(preds:pd.DataFrame, names:dict|None=None) -> pd.DataFrame:
     "F1 per criterion (rows) and fold (columns) from out-of-fold predictions with `fold` and `threshold` columns."
@@ -164,6 +202,21 @@ def plot_baseline_comparison(model_f1:pd.Series, baseline_f1:pd.Series, names:di
     ax.legend(title=None, loc='lower right')
     fig.tight_layout()
     return fig
+
+# %% ../nbs/11_report.ipynb #4e9e8786
+EVIDENCE_COLUMNS = {'p_at_1': 'P@1', 'ap': 'AP', 'r_at_3': 'R@3'}
+
+def evidence_quality(ev:dict, names:dict|None=None) -> pd.DataFrame:
+    "Per criterion, pooled, and the cosine reference: pairs, P@1, AP, R@3 (and the pooled 95% CIs)."
+    per = pd.DataFrame(ev['per_criterion']).T[['pairs', *EVIDENCE_COLUMNS]]
+    per.insert(0, 'name', [(names or {}).get(c, c) for c in per.index])
+    per.loc['ALL'] = ['pooled', ev['pairs'], *(ev[m]['value'] for m in EVIDENCE_COLUMNS)]
+    if cos := ev.get('cosine_baseline'):
+        per.loc['cosine'] = ['zero-shot cosine, same pairs', ev['pairs'], *(cos.get(m) for m in EVIDENCE_COLUMNS)]
+    for m in EVIDENCE_COLUMNS: per[f'{m} CI'] = ''
+    for m in EVIDENCE_COLUMNS: per.loc['ALL', f'{m} CI'] = f"{ev[m]['low']:.3f}–{ev[m]['high']:.3f}"
+    per = per.astype({'pairs': int, **{m: float for m in EVIDENCE_COLUMNS}})
+    return per.rename(columns={**EVIDENCE_COLUMNS, **{f'{m} CI': f'{v} CI' for m, v in EVIDENCE_COLUMNS.items()}})
 
 # %% ../nbs/11_report.ipynb #560ae823
 @themed
