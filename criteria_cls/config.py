@@ -139,6 +139,8 @@ SCHEMA['train'] = {
     'sentence_loss': (1.0, float, 'with `model.post_score: sentences` and data with annotated sentences (ReDSM5): '
                       'weight of the loss on the sentence scores (annotated sentences positive, rejected ones and '
                       'every sentence of a negative post negative); 0: post labels only'),
+    'unmarked_sentences': ('ignore', str, 'with `train.sentence_loss`: the sentences of a matching post that no '
+                           'annotator marked either way: `ignore` (no sentence label) or `negative`'),
     'cache_max_gb': (2.0, float, 'above this size, cached activations are kept in bfloat16'),
     'shared_prefix': (False, bool, "decoders, pair head: a post's prompt start runs once for all its criteria"),
 }
@@ -309,6 +311,7 @@ CHOICES = {
     ('train', 'mixed_precision'): ('auto', 'bf16', 'fp16', 'no'),
     ('metrics', 'select'): ('f1', 'weighted_f1'),
     ('train', 'stop_on'): ('select', 'roc_auc', 'pr_auc'),
+    ('train', 'unmarked_sentences'): ('ignore', 'negative'),
     ('model', 'head'): ('pair', 'multi'),
     ('model', 'pooling'): ('auto', 'mean', 'cls', 'last'),
     ('model', 'segments'): ('post', 'sentences'),

@@ -19,6 +19,7 @@ def piece_labels(post_ids:list,            # the post of each unit (task order)
                  owners:list,              # per unit, the sentence index of each piece (`PostEncoder.piece_sentences`)
                  sentences:pd.DataFrame,   # annotated sentences (`PairTable.sentences`)
                  criteria:list,            # criterion ids, in output order
+                 unmarked:str='ignore',    # the other sentences of an annotated positive pair: 'ignore' or 'negative'
                 ) -> list|None:
     "Per unit `[pieces, criteria]`: 1 (annotated sentence), 0 (rejected sentence, or a negative post), -1 unknown."
     if sentences is None or not len(sentences): return None
@@ -30,6 +31,7 @@ def piece_labels(post_ids:list,            # the post of each unit (task order)
             if M[u, j] and Y[u, j] == 0: L[:, j] = 0
             elif M[u, j] and (pid, c) in lab:
                 pos, neg = lab[pid, c]
+                if unmarked == 'negative' and len(pos): L[:, j] = 0
                 L[np.isin(own, neg), j] = 0; L[np.isin(own, pos), j] = 1
         out.append(L)
     return out

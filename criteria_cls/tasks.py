@@ -200,7 +200,8 @@ def post_task(p, tokenizer, pairs:pd.DataFrame, criteria:pd.DataFrame, similarit
     if p.model.segments == 'sentences':
         ids, owners = posts.post_id.tolist(), enc.piece_sentences(posts.text.tolist())
         pieces = {'ids': ids, 'owners': owners,
-                  'labels': piece_labels(ids, Y, M, owners, sentences, list(col)) if p.train.sentence_loss else None}
+                  'labels': piece_labels(ids, Y, M, owners, sentences, list(col), p.train.unmarked_sentences)
+                  if p.train.sentence_loss else None}
     return Task(enc.encode_posts(posts.text.tolist()), Y, M, rows, cols, tokenizer, crit, budget=token_budget(p),
                 pieces=pieces)
 
