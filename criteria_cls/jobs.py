@@ -21,8 +21,8 @@ from . import tracking
 # %% auto #0
 __all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'run_name', 'run_dir', 'CVRun', 'load_cv', 'holdout_parts', 'run_parts',
            'log_fold', 'FoldOutcome', 'fold_job', 'fold_table', 'time_table', 'always_yes_f1', 'CVSummary',
-           'cv_summary', 'evidence_doc', 'holdout_evidence', 'log_holdout_evidence', 'summary_markdown', 'Aggregate',
-           'aggregate_job']
+           'cv_summary', 'evidence_doc', 'holdout_evidence', 'log_holdout_evidence', 'faithfulness_doc',
+           'summary_markdown', 'Aggregate', 'aggregate_job']
 
 # %% ../nbs/12_jobs.ipynb #bbe7365b
 def run_name(p) -> str:
@@ -154,6 +154,9 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     if result.test_sentences is not None:        # the evidence: each test pair's sentences with their scores
         result.test_sentences.to_csv(out / f'{stem}_test_sentences.csv', index=False)
         tracking.log_frame(client, run_id, result.test_sentences, 'test_sentences')
+    if result.test_faithfulness is not None:     # how much the top sentence carries each positive pair's score
+        result.test_faithfulness.to_csv(out / f'{stem}_test_faithfulness.csv', index=False)
+        tracking.log_frame(client, run_id, result.test_faithfulness, 'test_faithfulness')
     if stem == 'holdout' and (ev := holdout_evidence(p, test, result.test_sentences)):
         log_holdout_evidence(client, run_id, ev, out)
     model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold,
@@ -299,6 +302,17 @@ def log_holdout_evidence(client, run_id:str, ev:dict, out:Path):
     tracking.log_metrics(client, run_id, {**{f'test_evidence_{m}': ev[m]['value'] for m in ('p_at_1', 'ap', 'r_at_3')},
                                           **{f'cosine_{m}': v for m, v in ev['cosine_baseline'].items()}})
 
+# %% ../nbs/12_jobs.ipynb #17f671af
+def faithfulness_doc(fa:pd.DataFrame, n_boot:int=1000, seed:int=42) -> dict:
+    "`summary.json`'s `evidence.faithfulness`: pairs, and the mean comprehensiveness and sufficiency with CIs."
+    rng, doc = np.random.default_rng(seed), {'pairs': len(fa)}
+    idx = rng.integers(0, len(fa), (n_boot, len(fa)))
+    for m in ('comprehensiveness', 'sufficiency'):
+        x = fa[m].to_numpy(float)
+        lo, hi = np.percentile(x[idx].mean(1), [2.5, 97.5])
+        doc[m] = {'value': _r4(x.mean()), 'low': _r4(lo), 'high': _r4(hi)}
+    return doc
+
 # %% ../nbs/12_jobs.ipynb #d1e58181
 def summary_markdown(s:dict) -> str:
     "The summary as a short Markdown page."
@@ -390,13 +404,13 @@ def _log_summary(client, parent_id:str, s:CVSummary, preds:pd.DataFrame, folds:p
                                              'baseline_oof_f1': s.baseline_ci['value']})
 
 # %% ../nbs/12_jobs.ipynb #aadebf99
-def _fold_sentences(client, latest:dict, n:int) -> pd.DataFrame|None:
-    "The folds' test sentence scores, pooled (None when the model gives none)."
+def _fold_sentences(client, latest:dict, n:int, table:str='test_sentences') -> pd.DataFrame|None:
+    "The folds' test sentence scores (or another of their tables), pooled (None when a fold has none)."
     parts = []
     for k in range(n):
         rid = latest[k].info.run_id
-        if 'tables/test_sentences.csv' not in {a.path for a in client.list_artifacts(rid, 'tables')}: return None
-        parts.append(tracking.load_frame(client, rid, 'test_sentences'))
+        if f'tables/{table}.csv' not in {a.path for a in client.list_artifacts(rid, 'tables')}: return None
+        parts.append(tracking.load_frame(client, rid, table))
     out = pd.concat(parts, ignore_index=True)
     out['post_id'] = out.post_id.astype(str)
     return out
@@ -427,8 +441,11 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
         pos = preds[preds.label == 1]
         base_ev = cosine_sentence_scores(p, table.posts, table.criteria, set(zip(pos.post_id, pos.criterion_id)))
     if ev := evidence_doc(oof, table.sentences, p.metrics.bootstrap, p.seed, base_ev):
+        if (fa := _fold_sentences(client, latest, n, 'test_faithfulness')) is not None and len(fa):
+            ev['faithfulness'] = faithfulness_doc(fa, p.metrics.bootstrap, p.seed)
         s.doc['evidence'] = ev
-        tracking.log_metrics(client, parent_id, {f'evidence_{m}': ev[m]['value'] for m in ('p_at_1', 'ap', 'r_at_3')})
+        tracking.log_metrics(client, parent_id, {f'evidence_{m}': ev[m]['value'] for m in ('p_at_1', 'ap', 'r_at_3')}
+                             | {f'evidence_{m}': v['value'] for m, v in ev.get('faithfulness', {}).items() if m != 'pairs'})
     for f in _write_summary(out, s, preds, folds): tracking.log_artifact(client, parent_id, f, 'summary')
     _log_summary(client, parent_id, s, preds, folds)
     times = time_table({k: r.data.metrics for k, r in latest.items()})

@@ -12,7 +12,8 @@ from sklearn.metrics import log_loss
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from .config import InputError, seed_everything
-from .metrics import best_threshold, binary_metrics
+from .data import split_sentences
+from .metrics import best_threshold, binary_metrics, faithfulness, rationale_texts
 from .prompt import CRITERION_COLUMN
 from .architecture import device_of
 from .model import build_model, resolve_precision
@@ -24,7 +25,8 @@ from .probe import probe_head
 # %% auto #0
 __all__ = ['torch_setup', 'sentence_targets', 'train_step', 'make_optimizer', 'dev_record', 'KeepBest', 'stop_metric',
            'train_mode', 'Stopwatch', 'FoldResult', 'pairs_criteria', 'Fold', 'prepare_fold', 'fold_tasks', 'Fit',
-           'start_fit', 'warm_start', 'optimizer_step', 'fit_epoch', 'score_test', 'train_fold']
+           'start_fit', 'warm_start', 'optimizer_step', 'fit_epoch', 'score_test', 'occluded_pairs',
+           'occlusion_faithfulness', 'train_fold']
 
 # %% ../nbs/06c_train.ipynb #6cc6be18
 def torch_setup(p, threads:int|None=None):
@@ -209,6 +211,8 @@ class FoldResult:
     precision: str|None = None      # the autocast that ran (bf16 | fp16 | no)
     # a head that scores sentences: post_id, criterion_id, sentence_index, score
     test_sentences: pd.DataFrame|None = None
+    # positive test pairs: ERASER comprehensiveness and sufficiency of their top sentence (`occlusion_faithfulness`)
+    test_faithfulness: pd.DataFrame|None = None
 
     @property
     def train_units_per_s(self) -> float:
@@ -375,6 +379,38 @@ def score_test(f:Fold, test_pairs:pd.DataFrame) -> tuple:
     prob, sentences = task.score_pieces(f.model, f.p.train.eval_batch_size, f.precision, list(f.criteria.criterion_id))
     return _predictions(test_pairs, prob), sentences
 
+# %% ../nbs/06c_train.ipynb #2eb6034c
+def occluded_pairs(pairs:pd.DataFrame,   # pairs with the post's `text`
+                   scores:pd.DataFrame,  # their sentence scores (`sentence_scores` rows)
+                   k:int=1) -> tuple:
+    "`(without, only)`: pairs of posts of more than `k` sentences, cut to all but their `k` best, and to those alone."
+    sc = {key: dict(zip(g.sentence_index, g.score)) for key, g in scores.groupby(['post_id', 'criterion_id'])}
+    keep, without, only = [], [], []
+    for i, (p, c, t) in enumerate(zip(pairs.post_id, pairs.criterion_id, pairs.text)):
+        ss, s = split_sentences(t), sc.get((p, c))
+        if s is None or len(ss) <= k: continue
+        w, o = rationale_texts(ss, [s.get(j, -np.inf) for j in range(len(ss))], k)
+        keep.append(i); without.append(w); only.append(o)
+    base = pairs.iloc[keep].reset_index(drop=True)
+    base = base.assign(pair_post_id=base.post_id, post_id=base.post_id.astype(str) + '#' + base.criterion_id)
+    return base.assign(text=without), base.assign(text=only)
+
+# %% ../nbs/06c_train.ipynb #557376d3
+def occlusion_faithfulness(f:Fold, test_pairs:pd.DataFrame,  # the test pairs, with `text`
+                      test:pd.DataFrame,                # their predictions (`score_test`)
+                      scores:pd.DataFrame, k:int=1) -> pd.DataFrame:
+    "Positive test pairs: ERASER comprehensiveness and sufficiency of their top `k` sentences, by occlusion."
+    pos = test_pairs.reset_index(drop=True)[test.label.to_numpy() == 1]
+    without, only = occluded_pairs(pos, scores, k)
+    cols = ['post_id', 'criterion_id', 'comprehensiveness', 'sufficiency']
+    if not len(without): return pd.DataFrame(columns=cols)
+    score = lambda d: make_task(f.p, f.model, f.tokenizer, d, f.criteria, f.shared).score(
+        f.model, f.p.train.eval_batch_size, f.precision)
+    full = without[['pair_post_id', 'criterion_id']].merge(
+        test.rename(columns={'post_id': 'pair_post_id'}), how='left').prob.to_numpy()
+    out = faithfulness(full, score(without), score(only))
+    return out.assign(post_id=without.pair_post_id, criterion_id=without.criterion_id)[cols]
+
 # %% ../nbs/06c_train.ipynb #050192ed
 def train_fold(p,                              # resolved params
                train_pairs:pd.DataFrame,       # pairs to train on
@@ -399,10 +435,12 @@ def train_fold(p,                              # resolved params
         fit_epoch(f, fit, train, dev, n, sw, on_micro_batch, progress)
         if fit.keep.since >= T.patience or (T.max_steps and fit.steps >= T.max_steps): break
     fit.keep.restore(); f.model.eval()
-    test = evidence = None
+    test = evidence = faith = None
     if test_pairs is not None:
-        with sw('test'): test, evidence = score_test(f, test_pairs)
+        with sw('test'):
+            test, evidence = score_test(f, test_pairs)
+            faith = occlusion_faithfulness(f, test_pairs, test, evidence) if evidence is not None else None
     best = fit.keep.best
     return FoldResult(fit.history, best['rec']['epoch'], best['rec']['dev_threshold'],
                       _predictions(dev_pairs, best['prob']), test, sw.timings(), f.model, f.tokenizer, f.criteria,
-                      fit.state.backoffs, fit.steps, fit.units, train.k, f.precision, evidence)
+                      fit.state.backoffs, fit.steps, fit.units, train.k, f.precision, evidence, faith)
