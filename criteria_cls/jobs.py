@@ -56,7 +56,8 @@ def load_cv(parent_id:str, tracking_uri:str) -> CVRun:
     client = tracking.get_client(tracking_uri)
     try: run = tracking.with_retry(client.get_run, parent_id)
     except Exception as e:
-        raise InputError(f"no MLflow run {parent_id} in {tracking_uri}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"no MLflow run {parent_id} in {tracking_uri}: {str(e).splitlines()[0]}; "
+                         f"{tracking.run_store_hint(parent_id, tracking_uri)}") from None
     kind = run.data.tags.get('kind')
     if kind not in ('cv', 'holdout'): raise InputError(f"run {parent_id} is not a CV parent run (kind={kind})")
     p = tracking.params_from_run(client, parent_id)
