@@ -5,14 +5,14 @@
 # %% ../nbs/14_cli.ipynb #b0fc4cdb
 from __future__ import annotations
 import argparse, json, logging, os, sys, warnings
-from .config import DEFAULT_MODEL_NAME, InputError, load_params
+from .config import InputError, load_params
 
 # %% auto #0
-__all__ = ['COMMANDS', 'store_overrides', 'default_store', 'say', 'command', 'build_parser', 'main', 'data_stats', 'cmd_data',
-           'add_data', 'cmd_cv', 'add_cv', 'cmd_fold', 'add_fold', 'cmd_aggregate', 'add_aggregate', 'cmd_holdout',
-           'add_holdout', 'cmd_compare', 'add_compare', 'model_line', 'score_table', 'cmd_predict', 'add_predict',
-           'with_evidence', 'cmd_screen', 'add_screen', 'cmd_register', 'add_register', 'cmd_bench_train', 'cmd_bench',
-           'add_bench', 'console']
+__all__ = ['COMMANDS', 'store_overrides', 'default_store', 'lookup_store', 'say', 'command', 'build_parser', 'main', 'data_stats',
+           'cmd_data', 'add_data', 'cmd_cv', 'add_cv', 'cmd_fold', 'add_fold', 'cmd_aggregate', 'add_aggregate',
+           'cmd_holdout', 'add_holdout', 'cmd_compare', 'add_compare', 'model_line', 'score_table', 'cmd_predict',
+           'add_predict', 'with_evidence', 'cmd_screen', 'add_screen', 'cmd_register', 'add_register',
+           'cmd_bench_train', 'cmd_bench', 'add_bench', 'console']
 
 # %% ../nbs/14_cli.ipynb #e7a12bcd
 def store_overrides() -> list:
@@ -24,6 +24,16 @@ def store_overrides() -> list:
 def default_store() -> str:
     "The store for commands without a params file: `MLFLOW_TRACKING_URI`, else the project's default store."
     return os.environ.get('MLFLOW_TRACKING_URI') or load_params(None).tracking.uri
+
+# %% ../nbs/14_cli.ipynb #31ab1be6
+def lookup_store(args, run_id:str|None=None) -> str:
+    "The store a command that looks a run up reads (`--tracking-uri`, else `default_store`); never a new empty one."
+    from criteria_cls.tracking import existing_store
+    return existing_store(getattr(args, 'tracking_uri', None) or default_store(), run_id)
+
+def _store_arg(sp):
+    sp.add_argument('--tracking-uri', metavar='URI', help='the MLflow store the run is in (default: '
+                    "MLFLOW_TRACKING_URI, else the project's sqlite:///mlflow.db)")
 
 # %% ../nbs/14_cli.ipynb #52bf0999
 def say(*lines):
@@ -153,9 +163,12 @@ def cmd_fold(args) -> int:
     "Run one fold of an existing CV exactly as `cv` does (for schedulers)."
     from criteria_cls.jobs import load_cv
     from criteria_cls.pipeline import run_fold
-    cv = load_cv(args.parent_run_id, default_store())
+    from criteria_cls.pipeline import fold_headline
+    from criteria_cls.tracking import get_client
+    cv = load_cv(args.parent_run_id, lookup_store(args, args.parent_run_id))
     say(f'fold {args.fold} of {cv.name}\nMLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
     rid = run_fold(cv, args.fold, progress=not args.quiet, threads=args.threads)
+    say(f'{fold_headline(get_client(cv.tracking_uri), rid, args.fold)}; its report and model: {cv.dir}')
     print(json.dumps({'fold': args.fold, 'run_id': rid, 'parent_run_id': args.parent_run_id}))
     return 0
 
@@ -166,6 +179,7 @@ def add_fold(sub):
     sp.add_argument('--parent-run-id', required=True, help='the CV parent run (printed by `cv`)')
     sp.add_argument('--fold', type=int, required=True)
     sp.add_argument('--threads', type=int, help='torch threads for this fold')
+    _store_arg(sp)
     sp.add_argument('--quiet', action='store_true')
     sp.add_argument('--json', action='store_true', help='accepted for symmetry: the result is always JSON on stdout')
     sp.set_defaults(func=cmd_fold)
@@ -175,9 +189,12 @@ def cmd_aggregate(args) -> int:
     "Aggregate a CV's finished folds into the summary and the report."
     from criteria_cls.jobs import load_cv
     from criteria_cls.pipeline import run_aggregate
-    cv = load_cv(args.run_id, default_store())
+    from criteria_cls.pipeline import cv_headline
+    cv = load_cv(args.run_id, lookup_store(args, args.run_id))
     say(f'aggregating {cv.name}\nMLflow store: {cv.tracking_uri}\nreports: {cv.dir}')
-    print(f'report: {run_aggregate(cv, progress=not args.quiet)}')
+    report = run_aggregate(cv, progress=not args.quiet)
+    say(cv_headline(json.loads((cv.dir / 'summary.json').read_text())))
+    print(f'report: {report}')
     return 0
 
 # %% ../nbs/14_cli.ipynb #a675dc2e
@@ -185,6 +202,7 @@ def cmd_aggregate(args) -> int:
 def add_aggregate(sub):
     sp = sub.add_parser('aggregate', help='aggregate the finished folds of a CV into its summary and report')
     sp.add_argument('--run-id', required=True, help='the CV parent run')
+    _store_arg(sp)
     sp.add_argument('--quiet', action='store_true')
     sp.set_defaults(func=cmd_aggregate)
 
@@ -245,8 +263,11 @@ def _quiet_libs():
 def _predictor(args):
     from criteria_cls.registry import load_predictor
     _quiet_libs()
-    if str(args.model).startswith(('runs:/', 'models:/')): say(f'MLflow store: {default_store()}')
-    return load_predictor(args.model, default_store(), ensemble=getattr(args, 'ensemble', False))
+    uri, store = str(args.model), None
+    if uri.startswith(('runs:/', 'models:/')):
+        store = lookup_store(args, uri[len('runs:/'):].strip('/').split('/')[0] if uri.startswith('runs:/') else None)
+        say(f'MLflow store: {store}')
+    return load_predictor(args.model, store, ensemble=getattr(args, 'ensemble', False))
 
 # %% ../nbs/14_cli.ipynb #6141b3d0
 def model_line(pred, uri:str) -> str:
@@ -319,6 +340,7 @@ def _model_args(sp, required=True):
                     help='runs:/<run_id>, models:/<name>@<alias> or a model folder')
     sp.add_argument('--ensemble', action='store_true',
                     help='a CV parent run: average all fold models (median threshold) instead of the best fold')
+    _store_arg(sp)
 
 # %% ../nbs/14_cli.ipynb #e4d58a63
 @command
@@ -383,8 +405,9 @@ def cmd_register(args) -> int:
     from criteria_cls.registry import register
     _quiet_libs()
     alias = None if (args.alias or '').lower() in ('', 'none') else args.alias
-    say(f'MLflow store (runs and registry): {default_store()}')
-    r = register(args.run_id, default_store(), args.name, alias, args.ensemble, log=say)
+    store = lookup_store(args, args.run_id)
+    say(f'MLflow store (runs and registry): {store}')
+    r = register(args.run_id, store, args.name, alias, args.ensemble, log=say)
     print(json.dumps({k: r[k] for k in ('name', 'version', 'alias', 'uri', 'model_uri', 'warning')}))
     return 0
 
@@ -395,7 +418,8 @@ def add_register(sub):
                         help='register a run\'s model in the MLflow Model Registry (pyfunc) and set an alias')
     sp.add_argument('--run-id', required=True,
                     help='a fold or holdout run, or a CV parent run (its best fold, or --ensemble)')
-    sp.add_argument('--name', default=DEFAULT_MODEL_NAME, help=f'registered model name (default {DEFAULT_MODEL_NAME})')
+    sp.add_argument('--name', help='registered model name (default criteria-cls-<backbone>: criteria-cls-minilm-l6)')
+    _store_arg(sp)
     sp.add_argument('--alias', default='champion',
                     help="alias for the new version (default champion; 'none' for no alias)")
     sp.add_argument('--ensemble', action='store_true', help='a CV parent run: register all fold models as one ensemble')

@@ -56,7 +56,8 @@ def load_cv(parent_id:str, tracking_uri:str) -> CVRun:
     client = tracking.get_client(tracking_uri)
     try: run = tracking.with_retry(client.get_run, parent_id)
     except Exception as e:
-        raise InputError(f"no MLflow run {parent_id} in {tracking_uri}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"no MLflow run {parent_id} in {tracking_uri}: {str(e).splitlines()[0]}; "
+                         f"{tracking.run_store_hint(parent_id, tracking_uri)}") from None
     kind = run.data.tags.get('kind')
     if kind not in ('cv', 'holdout'): raise InputError(f"run {parent_id} is not a CV parent run (kind={kind})")
     p = tracking.params_from_run(client, parent_id)
@@ -392,16 +393,16 @@ def _run_doc(cv:CVRun, folds:pd.DataFrame, table:PairTable, params_file:str) -> 
 
 # %% ../nbs/12_jobs.ipynb #72b9703d
 def _log_summary(client, parent_id:str, s:CVSummary, preds:pd.DataFrame, folds:pd.DataFrame):
-    "Attach the pooled predictions and the fold table to the parent run and log the pooled metrics."
+    "Attach the pooled predictions and the fold table to the parent run; log the pooled metrics as `summary.json` does."
     tracking.log_frame(client, parent_id, preds, 'oof_predictions')
     tracking.log_frame(client, parent_id, folds, 'folds')
-    ci = s.ci
+    ci = s.doc['pooled_oof']   # the stored (4-decimal) values: every display formats the same number with 3 decimals
     tracking.log_metrics(client, parent_id, {**{f'oof_{a}': c['value'] for a, c in ci.items()},
                                              **{f'oof_{a}_low': c['low'] for a, c in ci.items()},
                                              **{f'oof_{a}_high': c['high'] for a, c in ci.items()},
                                              **{f'mean_{a}': folds[a].mean() for a in METRICS},
                                              **{f'std_{a}': folds[a].std(ddof=1) for a in METRICS},
-                                             'baseline_oof_f1': s.baseline_ci['value']})
+                                             'baseline_oof_f1': s.doc['baseline_tfidf_lr']['f1']})
 
 # %% ../nbs/12_jobs.ipynb #aadebf99
 def _fold_sentences(client, latest:dict, n:int, table:str='test_sentences') -> pd.DataFrame|None:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_pipeline.ipynb #181299a1
 from __future__ import annotations
-import json, os, shutil, socket, subprocess, sys, tempfile, time
+import json, os, shlex, shutil, socket, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,8 +23,8 @@ from . import tracking
 # %% auto #0
 __all__ = ['KERNEL', 'KERNEL_ARGS', 'notebooks_dir', 'kernel_argv', 'ensure_kernel', 'NotebookFailed', 'execute_notebook',
            'data_tags', 'log_params_file', 'start_cv', 'create_fold_run', 'cells_after', 'log_times', 'run_fold',
-           'close_stale_runs', 'run_aggregate', 'ui_command', 'resume_command', 'format_times', 'run_cv',
-           'evidence_line', 'run_holdout', 'run_recipes']
+           'close_stale_runs', 'run_aggregate', 'fold_headline', 'ui_command', 'resume_command', 'register_command',
+           'cv_headline', 'format_times', 'run_cv', 'evidence_line', 'run_holdout', 'run_recipes']
 
 # %% ../nbs/13_pipeline.ipynb #f485db84
 KERNEL = 'criteria-cls'
@@ -237,10 +237,12 @@ def run_aggregate(cv:CVRun, progress:bool=True) -> Path:
     return report
 
 # %% ../nbs/13_pipeline.ipynb #98beed05
-def _fold_line(client, rid:str, k:int, seconds:float) -> str:
-    m = tracking.with_retry(client.get_run, rid).data.metrics
-    return (f'fold {k}: test F1 {m.get("test_f1", float("nan")):.3f} at threshold '
-            f'{m.get("test_threshold", float("nan")):.2f} ({seconds:.0f} s)')
+def fold_headline(client, rid:str, k:int, seconds:float|None=None) -> str:
+    "Fold `k`'s run `rid` in one line: test F1 and ROC-AUC at its threshold (and its time)."
+    m = {a: tracking.with_retry(client.get_run, rid).data.metrics.get(f'test_{a}', float('nan'))
+         for a in ('f1', 'roc_auc', 'threshold')}
+    return (f"fold {k}: test F1 {m['f1']:.3f}, ROC-AUC {m['roc_auc']:.3f} at threshold {m['threshold']:.2f}"
+            + (f' ({seconds:.0f} s)' if seconds is not None else ''))
 
 # %% ../nbs/13_pipeline.ipynb #681ef5f0
 def _run_folds(cv:CVRun, todo:list, jobs:int, progress:bool, log):
@@ -251,7 +253,7 @@ def _run_folds(cv:CVRun, todo:list, jobs:int, progress:bool, log):
     def one(k):
         t = time.time()
         rid = run_fold(cv, k, progress=progress and jobs == 1, threads=threads)
-        log(_fold_line(client, rid, k, time.time() - t))
+        log(fold_headline(client, rid, k, time.time() - t))
     if jobs == 1:
         for k in todo: one(k)
         return
@@ -270,6 +272,18 @@ def ui_command(uri:str) -> str:
 def resume_command(cv:CVRun) -> str:
     "The command that finishes `cv`, with its store named."
     return f'MLFLOW_TRACKING_URI={cv.tracking_uri} criteria-cls cv --resume {cv.parent_id}'
+
+# %% ../nbs/13_pipeline.ipynb #62c73112
+def register_command(run_id:str, uri:str) -> str:
+    "The `register` command for run `run_id` with its store named: it works pasted into any folder."
+    return f'criteria-cls register --run-id {run_id} --tracking-uri {shlex.quote(uri)}'
+
+def cv_headline(s:dict) -> str:
+    "A CV's `summary.json` in one line: pooled out-of-fold F1 with its CI, the TF-IDF baseline, ROC-AUC."
+    o, b = s['pooled_oof']['f1'], s['baseline_tfidf_lr']
+    return (f"pooled out-of-fold F1 {o['value']:.3f} (95% CI {o['low']:.3f}-{o['high']:.3f}); "
+            f"TF-IDF baseline {b['f1']:.3f} ({b['low']:.3f}-{b['high']:.3f}); "
+            f"ROC-AUC {s['pooled_oof']['roc_auc']['value']:.3f}")
 
 # %% ../nbs/13_pipeline.ipynb #c74b4cb8
 def format_times(times, aggregate_s:float|None=None) -> str:
@@ -303,15 +317,12 @@ def _open_cv(params_file, overrides, resume:str|None, tracking_uri:str|None, log
 def _cv_done(cv:CVRun, latest:dict, report:Path, aggregate_s:float, t0:float, log) -> dict:
     "What `run_cv` returns and says once the CV is aggregated: the pooled F1, where things are, the times."
     s = json.loads((cv.dir / 'summary.json').read_text())
-    o, b = s['pooled_oof']['f1'], s['baseline_tfidf_lr']
-    log(f"pooled out-of-fold F1 {o['value']:.3f} (95% CI {o['low']:.3f}-{o['high']:.3f}); "
-        f"TF-IDF baseline {b['f1']:.3f} ({b['low']:.3f}-{b['high']:.3f}); "
-        f"ROC-AUC {s['pooled_oof']['roc_auc']['value']:.3f}")
+    log(cv_headline(s))
     if ev := s.get('evidence'):
         log(f"evidence ({ev['pairs']} positive pairs with annotated sentences): P@1 {ev['p_at_1']['value']:.3f}, "
             f"mean AP {ev['ap']['value']:.3f}, R@3 {ev['r_at_3']['value']:.3f}")
     log(f'report: {report}\nnotebooks and summary: {cv.dir}\nMLflow: parent run {cv.parent_id} in {cv.tracking_uri}\n'
-        f'browse it: {ui_command(cv.tracking_uri)}')
+        f'browse it: {ui_command(cv.tracking_uri)}\nregister it: {register_command(cv.parent_id, cv.tracking_uri)}')
     times = time_table({k: r.data.metrics for k, r in latest.items()})
     log(f'where the time went:\n{format_times(times, aggregate_s)}\nwall time {time.time()-t0:.0f} s')
     return {'parent_run_id': cv.parent_id, 'dir': cv.dir, 'report': report, 'remaining': [], 'summary': s,
@@ -377,7 +388,7 @@ def _holdout_done(client, rid:str, p, name:str, nb:Path, notebook_s:float, t0:fl
     m = tracking.with_retry(client.get_run, rid).data.metrics
     log(f"test F1 {m['test_f1']:.3f}, weighted F1 {m['test_weighted_f1']:.3f} at threshold {m['test_threshold']:.2f} "
         f"({time.time()-t0:.0f} s)\nreport: {report}\nMLflow: run {rid} in {p.tracking.uri}\n"
-        f"browse it: {ui_command(p.tracking.uri)}")
+        f"browse it: {ui_command(p.tracking.uri)}\nregister it: {register_command(rid, p.tracking.uri)}")
     if 'test_evidence_p_at_1' in m: log(evidence_line(m))
     log(f'where the time went:\n{format_times(time_table({"holdout": m}))}')
     return {'run_id': rid, 'dir': d, 'report': report, 'metrics': m, 'times': times}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_registry.ipynb #745fe67f
 from __future__ import annotations
-import json, shutil, tempfile
+import json, re, shutil, tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -13,13 +13,13 @@ import mlflow, mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
-from .config import DEFAULT_MODEL_NAME, InputError
+from .config import InputError
 from .infer import Predictor, load_folder, normalize_pairs
 from . import tracking
 
 # %% auto #0
-__all__ = ['PYFUNC_CONFIG', 'SMOKE_STEPS', 'fold_members', 'RunModels', 'resolve_run', 'pyfunc_members', 'load_predictor',
-           'evidence_column', 'CriteriaClsModel', 'pyfunc_signature', 'describe_run', 'register']
+__all__ = ['PYFUNC_CONFIG', 'fold_members', 'RunModels', 'resolve_run', 'pyfunc_members', 'load_predictor', 'evidence_column',
+           'CriteriaClsModel', 'pyfunc_signature', 'smoke_profile', 'describe_run', 'default_model_name', 'register']
 
 # %% ../nbs/09_registry.ipynb #c85c85b2
 def fold_members(client, run, ensemble:bool) -> tuple:
@@ -60,7 +60,8 @@ def resolve_run(client, run_id:str, dest:Path, ensemble:bool=False) -> RunModels
     "The fold model folders run `run_id` stands for, downloaded to `dest`."
     try: run = tracking.with_retry(client.get_run, run_id)
     except Exception as e:
-        raise InputError(f"no MLflow run {run_id} in {client.tracking_uri}: {str(e).splitlines()[0][:200]}") from None
+        raise InputError(f"no MLflow run {run_id} in {client.tracking_uri} ({str(e).splitlines()[0][:200]}); "
+                         f"{tracking.run_store_hint(run_id, client.tracking_uri)}") from None
     runs, thr, meta = fold_members(client, run, ensemble)
     folders = []
     for r in runs:
@@ -161,8 +162,6 @@ def pyfunc_signature() -> ModelSignature:
                         ColSpec('double', 'threshold'), ColSpec('string', 'evidence')]))
 
 # %% ../nbs/09_registry.ipynb #bdc50d38
-SMOKE_STEPS = 50   # fewer optimizer steps than this: a smoke-test budget, not a model
-
 def _steps(run) -> int|None:
     "Optimizer steps that trained a fold run (None if it did not log them)."
     m = run.data.metrics   # `time_optimizer_steps`: runs logged before the counts left `timings`
@@ -178,6 +177,14 @@ def _fold_line(r) -> str:
             f"test F1 {f('test_f1')}, precision {f('test_precision')}, recall {f('test_recall')}, "
             f"ROC-AUC {f('test_roc_auc')}")
 
+# %% ../nbs/09_registry.ipynb #9be0da5a
+def smoke_profile(params:dict, params_file:str='') -> list:
+    "Why a run's profile is a smoke test (flattened run `params`, its params file): `[]` for a real profile."
+    why = [f"train.max_steps={params['train.max_steps']}"] if params.get('train.max_steps', 'None') != 'None' else []
+    if Path(params_file or '').name.startswith('smoke'): why.append(f'params file {Path(params_file).name}')
+    if 'smoke' in params.get('experiment', '').lower(): why.append(f"experiment {params['experiment']}")
+    return why
+
 # %% ../nbs/09_registry.ipynb #1ae564d8
 def describe_run(client, rm:RunModels) -> tuple:
     "`(lines saying what `rm` is: profile, steps, fold metrics; a smoke-budget warning or None)`."
@@ -192,9 +199,7 @@ def describe_run(client, rm:RunModels) -> tuple:
              f"backbone {ps.get('model.backbone', '?')} + {ps.get('model.peft', '?')}",
              *map(_fold_line, rm.members)]
     if meta.get('cv_f1') is not None: lines.append(f"  CV pooled out-of-fold F1 {meta['cv_f1']:.3f}")
-    why = [f"train.max_steps={ps['train.max_steps']}"] if ps.get('train.max_steps', 'None') != 'None' else []
-    few = [n for n in map(_steps, rm.members) if n is not None and n < SMOKE_STEPS]
-    if few: why.append(f"{min(few)} optimizer steps, fewer than {SMOKE_STEPS}")
+    why = smoke_profile(ps, src.data.tags.get('params_file', ''))
     if not why: return lines, None
     return lines, f"this looks like a smoke-test run ({'; '.join(why)}): its scores say nothing about a real model"
 
@@ -243,6 +248,12 @@ def _model_tags(pred:Predictor, meta:dict, run, members:list) -> dict:
     if 'test_f1' in run.data.metrics: tags['test_f1'] = f"{run.data.metrics['test_f1']:.4f}"
     return tags
 
+# %% ../nbs/09_registry.ipynb #0e1e266f
+def default_model_name(backbone:str) -> str:
+    "The registry's default name for a model of `backbone` (alias, hub id, folder or .gguf): `criteria-cls-<its name>`."
+    name = re.sub(r'\.gguf$', '', Path(str(backbone).rstrip('/')).name.lower())
+    return 'criteria-cls-' + (re.sub(r'[^a-z0-9._-]+', '-', name).strip('-.') or 'model')
+
 # %% ../nbs/09_registry.ipynb #b4e4eb88
 def _announce(client, rm:RunModels, alias:str|None, log) -> str|None:
     "Log what is being registered and a smoke-budget warning, if any; the warning."
@@ -278,7 +289,7 @@ def _log_pyfunc(client, run, arts:dict, config:dict, tags:dict, example:pd.DataF
 # %% ../nbs/09_registry.ipynb #2bb93f60
 def register(run_id:str,                  # a fold, holdout or CV parent run
              tracking_uri:str,            # the store the run is in (the model is registered there too)
-             name:str=DEFAULT_MODEL_NAME,       # registered model name
+             name:str|None=None,          # registered model name (None: `default_model_name` of the backbone)
              alias:str|None='champion',   # alias to point at the new version (None: no alias)
              ensemble:bool=False,         # a CV run: register all folds as one ensemble model
              log=print) -> dict:
@@ -294,6 +305,7 @@ def register(run_id:str,                  # a fold, holdout or CV parent run
         example = pd.DataFrame({'post': ['I have not slept properly in weeks and nothing feels worth doing.'],
                                 'criterion_id': [pred.criteria.criterion_id.iloc[0]]})
         info = _log_pyfunc(client, rm.run, arts, config, tags, example, td, tracking_uri)
+    name = name or default_model_name(pred.meta['backbone'])
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     desc = _description(pred, meta, rm.run)
     tracking.with_retry(client.update_model_version, name, mv.version, description=desc)

@@ -43,14 +43,14 @@ def themed(f):
 
 # %% ../nbs/11_report.ipynb #8466bca4
 def tidy(df:pd.DataFrame, digits:int=3) -> pd.DataFrame:
-    "Float columns holding whole numbers as integers (missing values kept), other floats rounded to `digits`."
+    "Float columns holding whole numbers as integers (NA kept), other floats rounded to `digits` as f-strings round."
     out = df.copy()
     for c in out.columns:
         col = out[c]
         if not pd.api.types.is_float_dtype(col): continue
         vals = col.dropna()
         if len(vals) and np.all(np.isfinite(vals)) and np.all(vals == np.round(vals)): out[c] = col.astype('Int64')
-        else: out[c] = col.round(digits)
+        else: out[c] = col.map(lambda v: v if pd.isna(v) else round(float(v), digits)).astype(float)  # not np.round
     return out
 
 # %% ../nbs/11_report.ipynb #b48f360f

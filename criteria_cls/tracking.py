@@ -4,17 +4,18 @@
 
 # %% ../nbs/07_tracking.ipynb #ffe914ea
 from __future__ import annotations
-import json, math, os, random, tempfile, time
+import json, math, os, random, sqlite3, tempfile, time
+from contextlib import closing
 from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
-from .config import InputError, load_params, params_dict
+from .config import InputError, load_params, params_dict, project_root
 
 # %% auto #0
 __all__ = ['artifact_location', 'with_retry', 'get_client', 'ensure_experiment', 'flatten', 'start_run', 'end_run', 'log_params',
            'log_metrics', 'log_artifact', 'log_frame', 'load_frame', 'load_json', 'params_from_run', 'child_runs',
-           'latest_fold_runs', 'kernel_env']
+           'latest_fold_runs', 'run_store_hint', 'existing_store', 'kernel_env']
 
 # %% ../nbs/07_tracking.ipynb #e010302b
 def artifact_location(uri:str, location:str) -> str|None:
@@ -146,6 +147,36 @@ def latest_fold_runs(client, parent_id:str) -> dict:
     "`{fold: run}`: the latest FINISHED fold run of each fold of CV `parent_id`."
     return {int(r.data.tags['fold']): r for r in child_runs(client, parent_id)
             if r.info.status == 'FINISHED' and r.data.tags.get('kind') == 'fold'}
+
+# %% ../nbs/07_tracking.ipynb #f64557e0
+def _sqlite_file(uri:str) -> Path|None:
+    "The file of a `sqlite:///` store (None for other stores)."
+    return Path(uri[len('sqlite:///'):]).resolve() if uri.startswith('sqlite:///') else None
+
+def _has_run(db:Path, run_id:str) -> bool:
+    "Whether the sqlite store `db` holds run `run_id`, read-only (nothing created, nothing migrated)."
+    try:
+        with closing(sqlite3.connect(f'{db.as_uri()}?mode=ro', uri=True)) as con:
+            return con.execute('SELECT 1 FROM runs WHERE run_uuid = ?', (run_id,)).fetchone() is not None
+    except sqlite3.Error: return False
+
+def run_store_hint(run_id:str|None, searched:str) -> str:
+    "Where run `run_id` is instead: a nearby `mlflow.db` (here, a subfolder, the parent, the project), or what to do."
+    here, skip = Path.cwd(), _sqlite_file(searched)
+    near = [here, *sorted(d for d in here.iterdir() if d.is_dir()), here.parent, project_root()]
+    near = dict.fromkeys(f.resolve() for d in near if (f := d / 'mlflow.db').is_file())
+    found = [f for f in near if f != skip and run_id and _has_run(f, run_id)]
+    if found: return f"run {run_id} is in sqlite:///{found[0]}: add --tracking-uri sqlite:///{found[0]}"
+    return ("name the store the run was logged to with --tracking-uri URI (or MLFLOW_TRACKING_URI): `criteria-cls cv` "
+            "prints it as 'MLflow store: ...'; by default it is the mlflow.db beside the params file")
+
+# %% ../nbs/07_tracking.ipynb #e8d1ecef
+def existing_store(uri:str, run_id:str|None=None) -> str:
+    "`uri` when it is a server or an existing sqlite file; else `InputError` with a hint (and no empty store made)."
+    f = _sqlite_file(uri)
+    if f is None or f.is_file(): return uri
+    raise InputError(f"no MLflow store at {uri} (no such file){', so no run ' + run_id if run_id else ''}: "
+                     f"{run_store_hint(run_id, uri)}")
 
 # %% ../nbs/07_tracking.ipynb #ab8bf84c
 def kernel_env(extra:dict|None=None) -> dict:

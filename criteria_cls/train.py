@@ -159,10 +159,11 @@ def _bar(progress, total:int, desc:str):
     return tqdm(total=total, desc=desc, disable=progress is not True, leave=True, unit='step')
 
 def _log_epoch(progress, rec:dict, select:str, epochs:int):
-    "With `progress='log'`: one line per epoch on the process's real stderr."
+    "With `progress='log'`: one line per epoch (epoch 0: the linear probe) on the process's real stderr."
     if progress != 'log': return
-    print(f"epoch {rec['epoch']}/{epochs}: train loss {rec['train_loss']:.4f}, dev {select} "
-          f"{rec['dev_' + select]:.3f} at threshold {rec['dev_threshold']:.2f}", file=sys.__stderr__, flush=True)
+    head = 'probe:' if rec['epoch'] == 0 else f"epoch {rec['epoch']}/{epochs}: train loss {rec['train_loss']:.4f},"
+    print(f"{head} dev {select} {rec['dev_' + select]:.3f} "
+          f"at threshold {rec['dev_threshold']:.2f}", file=sys.__stderr__, flush=True)
 
 # %% ../nbs/06c_train.ipynb #3d9bc79f
 def train_mode(model, k:int=0):
