@@ -127,6 +127,14 @@ class FoldOutcome:
     names: dict
     out_dir: Path
 
+# %% ../nbs/12_jobs.ipynb #16427465
+def _save_evidence(client, run_id:str, result:FoldResult, out:Path, stem:str):
+    "The test pairs' sentence scores and the faithfulness of their top sentence, where the model gives them."
+    for name, t in (('test_sentences', result.test_sentences), ('test_faithfulness', result.test_faithfulness)):
+        if t is None: continue
+        t.to_csv(out / f'{stem}_{name}.csv', index=False)
+        tracking.log_frame(client, run_id, t, name)
+
 # %% ../nbs/12_jobs.ipynb #4fb989f6
 def fold_job(run_id:str,                  # the fold's (or holdout's) child run
              tracking_uri:str,            # the store it is in
@@ -152,12 +160,7 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     test, m = log_fold(client, run_id, result, k)
     stem = f'fold_{k}' if run.data.tags.get('kind') == 'fold' else 'holdout'
     test.to_csv(out / f'{stem}_test_predictions.csv', index=False)
-    if result.test_sentences is not None:        # the evidence: each test pair's sentences with their scores
-        result.test_sentences.to_csv(out / f'{stem}_test_sentences.csv', index=False)
-        tracking.log_frame(client, run_id, result.test_sentences, 'test_sentences')
-    if result.test_faithfulness is not None:     # how much the top sentence carries each positive pair's score
-        result.test_faithfulness.to_csv(out / f'{stem}_test_faithfulness.csv', index=False)
-        tracking.log_frame(client, run_id, result.test_faithfulness, 'test_faithfulness')
+    _save_evidence(client, run_id, result, out, stem)
     if stem == 'holdout' and (ev := holdout_evidence(p, test, result.test_sentences)):
         log_holdout_evidence(client, run_id, ev, out)
     model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold,
@@ -445,8 +448,9 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
         if (fa := _fold_sentences(client, latest, n, 'test_faithfulness')) is not None and len(fa):
             ev['faithfulness'] = faithfulness_doc(fa, p.metrics.bootstrap, p.seed)
         s.doc['evidence'] = ev
-        tracking.log_metrics(client, parent_id, {f'evidence_{m}': ev[m]['value'] for m in ('p_at_1', 'ap', 'r_at_3')}
-                             | {f'evidence_{m}': v['value'] for m, v in ev.get('faithfulness', {}).items() if m != 'pairs'})
+        faith = {m: v['value'] for m, v in ev.get('faithfulness', {}).items() if m != 'pairs'}
+        ranks = {m: ev[m]['value'] for m in ('p_at_1', 'ap', 'r_at_3')}
+        tracking.log_metrics(client, parent_id, {f'evidence_{m}': v for m, v in {**ranks, **faith}.items()})
     for f in _write_summary(out, s, preds, folds): tracking.log_artifact(client, parent_id, f, 'summary')
     _log_summary(client, parent_id, s, preds, folds)
     times = time_table({k: r.data.metrics for k, r in latest.items()})
