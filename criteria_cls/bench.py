@@ -265,6 +265,7 @@ def _halves(post_ids) -> np.ndarray:
 def crossfit_f1(pred:pd.DataFrame, per_criterion:bool=False, metric:str='f1', step:float=0.01) -> float:
     "F1 (or `metric`) of `pred` at thresholds tuned on the other half of each fold's posts (global or per criterion)."
     pred = pred.assign(half=_halves(pred.post_id)); out = []
+    pred.attrs = {}          # `dev_predictions` keeps the sentence scores there: pandas cannot concat such frames
     keys = ['fold', 'criterion_id'] if per_criterion else ['fold']
     for _, g in pred.groupby(keys):
         for h in (0, 1):
