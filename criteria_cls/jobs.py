@@ -408,7 +408,7 @@ def _log_summary(client, parent_id:str, s:CVSummary, preds:pd.DataFrame, folds:p
                                              'baseline_oof_f1': s.doc['baseline_tfidf_lr']['f1']})
 
 # %% ../nbs/12_jobs.ipynb #aadebf99
-def _fold_sentences(client, latest:dict, n:int, table:str='test_sentences') -> pd.DataFrame|None:
+def _fold_tables(client, latest:dict, n:int, table:str) -> pd.DataFrame|None:
     "The folds' test sentence scores (or another of their tables), pooled (None when a fold has none)."
     parts = []
     for k in range(n):
@@ -439,13 +439,13 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
     tags = tracking.with_retry(client.get_run, parent_id).data.tags
     s = cv_summary(preds, folds, base, names, _run_doc(cv, folds, table, tags.get('params_file', '')),
                    p.metrics.bootstrap, p.seed)
-    oof = _fold_sentences(client, latest, n)
+    oof = _fold_tables(client, latest, n, 'test_sentences')
     base_ev = None
     if oof is not None and len(table.sentences):      # the zero-shot reference, on the positive pairs only
         pos = preds[preds.label == 1]
         base_ev = cosine_sentence_scores(p, table.posts, table.criteria, set(zip(pos.post_id, pos.criterion_id)))
     if ev := evidence_doc(oof, table.sentences, p.metrics.bootstrap, p.seed, base_ev):
-        if (fa := _fold_sentences(client, latest, n, 'test_faithfulness')) is not None and len(fa):
+        if (fa := _fold_tables(client, latest, n, 'test_faithfulness')) is not None and len(fa):
             ev['faithfulness'] = faithfulness_doc(fa, p.metrics.bootstrap, p.seed)
         s.doc['evidence'] = ev
         faith = {m: v['value'] for m, v in ev.get('faithfulness', {}).items() if m != 'pairs'}
