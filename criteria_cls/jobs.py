@@ -409,7 +409,7 @@ def _log_summary(client, parent_id:str, s:CVSummary, preds:pd.DataFrame, folds:p
 
 # %% ../nbs/12_jobs.ipynb #aadebf99
 def _fold_tables(client, latest:dict, n:int, table:str) -> pd.DataFrame|None:
-    "The folds' test sentence scores (or another of their tables), pooled (None when a fold has none)."
+    "One table of every fold (`test_sentences`, `test_faithfulness`), pooled (None when a fold lacks it)."
     parts = []
     for k in range(n):
         rid = latest[k].info.run_id
