@@ -162,8 +162,7 @@ def add_cv(sub):
 def cmd_fold(args) -> int:
     "Run one fold of an existing CV exactly as `cv` does (for schedulers)."
     from criteria_cls.jobs import load_cv
-    from criteria_cls.pipeline import run_fold
-    from criteria_cls.pipeline import fold_headline
+    from criteria_cls.pipeline import fold_headline, run_fold
     from criteria_cls.tracking import get_client
     cv = load_cv(args.parent_run_id, lookup_store(args, args.parent_run_id))
     say(f'fold {args.fold} of {cv.name}\nMLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
@@ -188,8 +187,7 @@ def add_fold(sub):
 def cmd_aggregate(args) -> int:
     "Aggregate a CV's finished folds into the summary and the report."
     from criteria_cls.jobs import load_cv
-    from criteria_cls.pipeline import run_aggregate
-    from criteria_cls.pipeline import cv_headline
+    from criteria_cls.pipeline import cv_headline, run_aggregate
     cv = load_cv(args.run_id, lookup_store(args, args.run_id))
     say(f'aggregating {cv.name}\nMLflow store: {cv.tracking_uri}\nreports: {cv.dir}')
     report = run_aggregate(cv, progress=not args.quiet)
@@ -228,7 +226,7 @@ def cmd_compare(args) -> int:
     if args.n_boot is not None and args.n_boot < 1:
         raise InputError(f'--n-boot must be at least 1, got {args.n_boot}')
     os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')
-    store = args.tracking_uri or default_store()
+    store = lookup_store(args, args.run_b)
     say(f'MLflow store: {store}')
     c = compare_runs(args.run_a, args.run_b, store, args.n_boot, args.seed)
     f = save_comparison(c, store)
@@ -242,8 +240,7 @@ def add_compare(sub):
     sp = sub.add_parser('compare', help='run B against run A: paired bootstrap over the posts both scored')
     sp.add_argument('run_a', metavar='RUN_A', help='the reference: a CV parent run or a holdout run')
     sp.add_argument('run_b', metavar='RUN_B', help='the challenger, on the same data (the report goes onto its run)')
-    sp.add_argument('--tracking-uri', metavar='URI', help='the MLflow store (default: MLFLOW_TRACKING_URI, else the '
-                                                          "project's sqlite:///mlflow.db)")
+    _store_arg(sp)
     sp.add_argument('--n-boot', type=int, metavar='N', help="bootstrap resamples (default: B's metrics.bootstrap)")
     sp.add_argument('--seed', type=int, help="resampling seed (default: B's seed)")
     sp.add_argument('--json', action='store_true', help='print JSON only on stdout')
