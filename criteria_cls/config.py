@@ -151,6 +151,9 @@ SCHEMA['metrics'] = {
     'select': ('f1', str, 'what early stopping and the dev threshold maximise: `f1` (the positive class) or '
                "`weighted_f1` (IMHI's metric)"),
     'bootstrap': (1000, int, 'bootstrap resamples (of posts) for confidence intervals'),
+    'calibration': ('auto', str, "how each fold's scores are calibrated, fitted on its dev part (the threshold mapped "
+                    'alike, so decisions are unchanged): `none`, `temperature`, `platt`, or `auto` (whichever of the three has '
+                    'the lowest cross-fitted dev Brier)'),
 }
 SCHEMA['tracking'] = {
     'uri': ('sqlite:///mlflow.db', str, 'MLflow store; `MLFLOW_TRACKING_URI` overrides it'),
@@ -310,6 +313,7 @@ CHOICES = {
     ('prompt', 'criterion_text'): ('description', 'name', 'id'),
     ('train', 'mixed_precision'): ('auto', 'bf16', 'fp16', 'no'),
     ('metrics', 'select'): ('f1', 'weighted_f1'),
+    ('metrics', 'calibration'): ('none', 'temperature', 'platt', 'auto'),
     ('train', 'stop_on'): ('select', 'roc_auc', 'pr_auc'),
     ('train', 'unmarked_sentences'): ('ignore', 'negative'),
     ('model', 'head'): ('pair', 'multi'),

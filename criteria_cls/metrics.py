@@ -4,15 +4,19 @@
 
 # %% ../nbs/03_metrics.ipynb #c090e7a2
 from __future__ import annotations
+from dataclasses import asdict, dataclass
 import numpy as np, pandas as pd
+from scipy.optimize import minimize
+from scipy.special import expit
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 # %% auto #0
-__all__ = ['SELECT_METRICS', 'binary_metrics', 'threshold_sweep', 'best_threshold', 'tuned_metrics', 'criterion_table',
-           'fast_score', 'bootstrap_ci', 'curves', 'tfidf_baseline', 'rank_metrics', 'evidence_ranking',
+__all__ = ['SELECT_METRICS', 'CALIBRATIONS', 'binary_metrics', 'threshold_sweep', 'best_threshold', 'tuned_metrics',
+           'criterion_table', 'fast_score', 'bootstrap_ci', 'curves', 'brier', 'reliability_table', 'ece',
+           'Calibration', 'fit_scaling', 'fit_calibration', 'tfidf_baseline', 'rank_metrics', 'evidence_ranking',
            'evidence_table', 'rationale_texts', 'faithfulness', 'cosine_scores']
 
 # %% ../nbs/03_metrics.ipynb #d907a32f
@@ -154,6 +158,110 @@ def curves(y, prob) -> dict:
     fpr, tpr, _ = skm.roc_curve(y, prob)
     pr, rc, _ = skm.precision_recall_curve(y, prob)
     return {'roc': pd.DataFrame({'fpr': fpr, 'tpr': tpr}), 'pr': pd.DataFrame({'recall': rc, 'precision': pr})}
+
+# %% ../nbs/03_metrics.ipynb #6bce51e6
+def brier(y,      # gold labels, 0/1
+          prob,   # predicted probability of 1
+         ) -> float:
+    "Brier score: the mean squared difference between `prob` and the 0/1 label (NaN for no rows)."
+    y, prob = np.asarray(y, dtype=float), np.asarray(prob, dtype=float)
+    return float(np.mean((prob - y) ** 2)) if len(y) else float('nan')
+
+# %% ../nbs/03_metrics.ipynb #5375db13
+def reliability_table(y, prob,
+                      bins:int=15,   # equal-width bins of [0, 1]
+                     ) -> pd.DataFrame:
+    "Per bin of `prob` that holds pairs: its edges (`low`, `high`), mean probability, observed rate, count."
+    y, prob = np.asarray(y, dtype=float), np.asarray(prob, dtype=float)
+    b = np.clip(np.floor(prob * bins).astype(int), 0, bins - 1)     # 1.0 goes into the last bin
+    t = pd.DataFrame({'bin': b, 'prob': prob, 'label': y}).groupby('bin').agg(
+        mean_prob=('prob', 'mean'), observed=('label', 'mean'), count=('label', 'size')).reset_index()
+    t.insert(1, 'low', t.bin / bins); t.insert(2, 'high', (t.bin + 1) / bins)
+    return t
+
+# %% ../nbs/03_metrics.ipynb #95a42488
+def ece(y, prob, bins:int=15) -> float:
+    "Expected calibration error: |mean probability − observed rate| over equal-width bins, weighted by count."
+    t = reliability_table(y, prob, bins)
+    return float((t['count'] * (t.mean_prob - t.observed).abs()).sum() / t['count'].sum()) if len(t) else float('nan')
+
+# %% ../nbs/03_metrics.ipynb #413cd670
+_EPS = 1e-6   # probabilities are clipped to [_EPS, 1 - _EPS] before the logit when fitting
+
+def _logit(prob, eps:float=0.0) -> np.ndarray:
+    "log(p / (1 - p)), ±inf at 1 and 0 (unless clipped to [eps, 1 - eps])."
+    p = np.asarray(prob, dtype=float)
+    if eps: p = np.clip(p, eps, 1 - eps)
+    with np.errstate(divide='ignore'): return np.log(p) - np.log1p(-p)
+
+@dataclass
+class Calibration:
+    "A monotone map sigmoid(scale · logit(p) + bias) fitted on dev (`none`: the identity), with its dev Brier."
+    method: str = 'none'                  # none | temperature | platt
+    scale: float = 1.0
+    bias: float = 0.0
+    dev_brier_before: float|None = None   # Brier of the raw dev probabilities
+    dev_brier_after: float|None = None    # ... of the calibrated ones (fitted on them)
+    cross_fitted: dict|None = None        # `auto`: each method's cross-fitted dev Brier
+
+    def apply(self, prob):
+        "The calibrated probabilities (a float for a number)."
+        out = np.asarray(prob, dtype=float) if self.method == 'none' else expit(self.scale * _logit(prob) + self.bias)
+        return float(out) if np.ndim(out) == 0 else out
+
+    def to_dict(self) -> dict: return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d:dict): return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+# %% ../nbs/03_metrics.ipynb #d1a0bafa
+def fit_scaling(y, prob,
+                bias:bool=True,   # Platt (scale and bias); False: temperature (the scale alone)
+               ) -> tuple:
+    "`(scale, bias)` of sigmoid(scale · logit(p) + bias) with the lowest log-loss on (y, prob)."
+    z, y = _logit(prob, _EPS), np.asarray(y, dtype=float)
+    def loss(w):
+        s = w[0] * z + w[1]
+        g = expit(s) - y
+        return float(np.mean(np.logaddexp(0, s) - y * s)), np.array([np.mean(g * z), np.mean(g) if bias else 0.0])
+    w = minimize(loss, [1.0, 0.0], jac=True, method='L-BFGS-B', bounds=[(-100, 100), (-100, 100)]).x
+    return float(w[0]), float(w[1])
+
+# %% ../nbs/03_metrics.ipynb #7435975a
+CALIBRATIONS = ('none', 'temperature', 'platt', 'auto')
+
+def _fitted(method:str, y:np.ndarray, prob:np.ndarray) -> Calibration:
+    "`method` fitted on (y, prob); the identity for `none`, for one class, and where the scale is not > 0."
+    if method == 'none' or len(np.unique(y)) < 2: return Calibration()
+    scale, bias = fit_scaling(y, prob, method == 'platt')
+    return Calibration(method, scale, bias) if scale > 0 else Calibration()
+
+def _cross_fitted(method:str, y:np.ndarray, prob:np.ndarray, half:np.ndarray) -> np.ndarray:
+    "Each half's probabilities calibrated by `method` fitted on the other half."
+    out = np.empty(len(y))
+    for h in (True, False): out[half == h] = _fitted(method, y[half != h], prob[half != h]).apply(prob[half == h])
+    return out
+
+# %% ../nbs/03_metrics.ipynb #9009bf15
+def fit_calibration(y, prob,
+                    method:str='auto',   # none | temperature | platt | auto (the lowest cross-fitted dev Brier)
+                    seed:int=0,          # `auto`: which posts go into which half
+                    posts=None,          # `auto`: the post of each pair (default: each pair its own)
+                   ) -> Calibration:
+    "A calibration fitted on dev pairs (y, prob): `method`, or with `auto` the one that lowers the dev Brier."
+    if method not in CALIBRATIONS: raise ValueError(f"calibration must be one of {CALIBRATIONS}, not {method!r}")
+    y, prob, scores = np.asarray(y).astype(int), np.asarray(prob, dtype=float), None
+    if method == 'auto':
+        g = np.asarray(np.arange(len(y)) if posts is None else posts)
+        uniq = np.unique(g)
+        half = np.isin(g, uniq[np.random.default_rng(seed).permutation(len(uniq))[:len(uniq) // 2]])
+        scores = {m: brier(y, _cross_fitted(m, y, prob, half)) for m in CALIBRATIONS[:3]}
+        method = 'none'
+        for m in CALIBRATIONS[1:3]:                       # a method must beat the simpler ones, not tie them
+            if scores[m] < scores[method] - 1e-12: method = m
+    cal = _fitted(method, y, prob)
+    cal.dev_brier_before, cal.dev_brier_after, cal.cross_fitted = brier(y, prob), brier(y, cal.apply(prob)), scores
+    return cal
 
 # %% ../nbs/03_metrics.ipynb #09ffe831
 def _criterion_probs(Xtr, Xdv, Xte, ytr:np.ndarray, C:float) -> tuple:

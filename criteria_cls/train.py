@@ -5,7 +5,7 @@
 # %% ../nbs/06c_train.ipynb #a61639aa
 from __future__ import annotations
 import contextlib, gc, math, sys, time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import numpy as np, pandas as pd, torch
 import torch.nn.functional as F
 from sklearn.metrics import log_loss
@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 from .config import InputError, seed_everything
 from .data import split_sentences
-from .metrics import best_threshold, binary_metrics, faithfulness, rationale_texts
+from .metrics import best_threshold, binary_metrics, faithfulness, fit_calibration, rationale_texts
 from .prompt import CRITERION_COLUMN
 from .architecture import device_of
 from .model import build_model, resolve_precision
@@ -26,7 +26,7 @@ from .probe import probe_head
 __all__ = ['torch_setup', 'sentence_targets', 'train_step', 'make_optimizer', 'dev_record', 'KeepBest', 'stop_metric',
            'train_mode', 'Stopwatch', 'FoldResult', 'pairs_criteria', 'Fold', 'prepare_fold', 'fold_tasks', 'Fit',
            'start_fit', 'warm_start', 'optimizer_step', 'fit_epoch', 'score_test', 'occluded_pairs',
-           'occlusion_faithfulness', 'train_fold']
+           'occlusion_faithfulness', 'train_fold', 'calibrate_result']
 
 # %% ../nbs/06c_train.ipynb #6cc6be18
 def torch_setup(p, threads:int|None=None):
@@ -214,6 +214,8 @@ class FoldResult:
     test_sentences: pd.DataFrame|None = None
     # positive test pairs: ERASER comprehensiveness and sufficiency of their top sentence (`occlusion_faithfulness`)
     test_faithfulness: pd.DataFrame|None = None
+    calibration: object = None          # the `metrics.Calibration` applied to dev, test and threshold (None: none yet)
+    threshold_raw: float|None = None    # the dev-tuned threshold before calibration
 
     @property
     def train_units_per_s(self) -> float:
@@ -445,3 +447,13 @@ def train_fold(p,                              # resolved params
     return FoldResult(fit.history, best['rec']['epoch'], best['rec']['dev_threshold'],
                       _predictions(dev_pairs, best['prob']), test, sw.timings(), f.model, f.tokenizer, f.criteria,
                       fit.state.backoffs, fit.steps, fit.units, train.k, f.precision, evidence, faith)
+
+# %% ../nbs/06c_train.ipynb #836f4a59
+def calibrate_result(p, r:FoldResult) -> FoldResult:
+    "`r` with `metrics.calibration` fitted on its dev predictions and applied to dev, test and the threshold."
+    raw = lambda d: (d.prob_raw if 'prob_raw' in d else d.prob).to_numpy(dtype=float)
+    dev, thr = r.dev_predictions, r.threshold if r.threshold_raw is None else r.threshold_raw
+    cal = fit_calibration(dev.label, raw(dev), p.metrics.calibration, p.seed, dev.post_id.astype(str))
+    put = lambda d: None if d is None else d.assign(prob=cal.apply(raw(d)), prob_raw=raw(d))
+    return replace(r, dev_predictions=put(dev), test_predictions=put(r.test_predictions), threshold=cal.apply(thr),
+                   threshold_raw=thr, calibration=cal)
