@@ -13,13 +13,14 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 from .config import InputError, load_params, save_params
 from .data import load_criteria, load_table
+from .metrics import Calibration
 from .backbones import quiet_hf
 from .architecture import CriteriaModel, device_of
 from .model import load_backbone, torch_dtype
 
 # %% auto #0
-__all__ = ['CRITERIA_FILE', 'HEAD_FILE', 'HEAD_CONFIG', 'write_criteria', 'params_criteria', 'save_fold_model', 'FoldModel',
-           'load_fold_model']
+__all__ = ['CRITERIA_FILE', 'HEAD_FILE', 'HEAD_CONFIG', 'CALIBRATION_FILE', 'write_criteria', 'params_criteria',
+           'save_fold_model', 'FoldModel', 'load_fold_model']
 
 # %% ../nbs/05f_artifacts.ipynb #21a17b02
 CRITERIA_FILE = 'criteria.yaml'
@@ -47,6 +48,7 @@ def params_criteria(p) -> pd.DataFrame:
 
 # %% ../nbs/05f_artifacts.ipynb #c15056b8
 HEAD_FILE, HEAD_CONFIG = 'head.safetensors', 'head.json'
+CALIBRATION_FILE = 'calibration.json'
 
 def save_fold_model(folder,            # where to write (created)
                     model,             # a `CriteriaModel`
@@ -55,8 +57,9 @@ def save_fold_model(folder,            # where to write (created)
                     threshold:float,   # decision threshold tuned on dev
                     criteria:pd.DataFrame, # the criteria it was trained with (`criterion_id, name, description`)
                     extra:dict|None=None,  # more facts for threshold.json (best epoch, dev F1, ...)
+                    calibration:Calibration|None=None, # the map to probabilities `threshold` is on (None: the scores)
                    ) -> Path:
-    "Write a fold's adapter (or full backbone), head, tokenizer, params, threshold and criteria."
+    "Write a fold's adapter (or full backbone), head, tokenizer, params, threshold, criteria (and calibration)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     model.backbone.save_pretrained(folder / ('adapter' if isinstance(model.backbone, PeftModel) else 'model'))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
@@ -66,6 +69,7 @@ def save_fold_model(folder,            # where to write (created)
     info = {'threshold': float(threshold), **(extra or {})}
     (folder / 'threshold.json').write_text(json.dumps(info, indent=2, default=str))
     write_criteria(criteria, folder / CRITERIA_FILE)
+    if calibration is not None: (folder / CALIBRATION_FILE).write_text(json.dumps(calibration.to_dict(), indent=1))
     return folder
 
 # %% ../nbs/05f_artifacts.ipynb #8f11a575
@@ -79,6 +83,7 @@ class FoldModel:
     criteria: pd.DataFrame
     extra: dict = field(default_factory=dict)
     folder: Path|None = None
+    calibration: Calibration = field(default_factory=Calibration)   # scores → probabilities (identity: none)
 
 def load_fold_model(folder, device=None) -> FoldModel:
     "Reload what `save_fold_model` wrote; scores equal the saved model's."
@@ -101,4 +106,6 @@ def load_fold_model(folder, device=None) -> FoldModel:
     model.to(device_of(backbone))
     info = json.loads((folder / 'threshold.json').read_text())
     crit = load_criteria(folder / CRITERIA_FILE) if (folder / CRITERIA_FILE).exists() else params_criteria(p)
-    return FoldModel(model.eval(), tok, p, info.pop('threshold'), crit, info, folder)
+    cal = folder / CALIBRATION_FILE
+    cal = Calibration.from_dict(json.loads(cal.read_text())) if cal.exists() else Calibration()
+    return FoldModel(model.eval(), tok, p, info.pop('threshold'), crit, info, folder, cal)

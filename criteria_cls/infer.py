@@ -16,6 +16,7 @@ from .prompt import CRITERION_COLUMN, PostEncoder, PromptEncoder
 from .architecture import cache_kwarg, device_of
 from .model import resolve_precision, to_proba
 from .scoring import score
+from .metrics import Calibration
 from .artifacts import load_fold_model
 from .data import split_sentences
 from .evidence import sentence_scores, top_evidence
@@ -76,10 +77,11 @@ def normalize_pairs(pairs, known:dict, lines=None, where:str='input', texts:bool
 
 # %% ../nbs/08_infer.ipynb #c92a4a3c
 class FoldScorer:
-    "One fold model with its tokenizer, prompt encoder, threshold and criteria."
+    "One fold model with its tokenizer, prompt encoder, threshold, criteria and calibration (scores → probabilities)."
     def __init__(self, model, tokenizer, p, threshold:float, criteria:pd.DataFrame|None=None,
-                 info:dict|None=None, folder=None):
+                 info:dict|None=None, folder=None, calibration:Calibration|None=None):
         self.model, self.tok, self.p, self.threshold = model.eval(), tokenizer, p, float(threshold)
+        self.calibration = calibration or Calibration()   # the threshold is on its scale
         self.criteria, self.info, self.folder = criteria, dict(info or {}), folder
         self.encoder = PromptEncoder.from_params(tokenizer, p)
         self.posts = PostEncoder.from_params(tokenizer, p)
@@ -106,8 +108,8 @@ class FoldScorer:
 def proba(self:FoldScorer, posts:list, criteria:list, batch_size:int=32, ids:list|None=None) -> np.ndarray:
     "Probabilities for (post, criterion) pairs: by criterion text (pair head), or by criterion id (`ids`, multi head)."
     if self.multi: return self.proba_ids(posts, ids, batch_size)
-    return score(self.model, self.tok, self.encoder.encode_many(list(posts), list(criteria)), batch_size,
-                 self.precision, max_tokens=self.p.train.eval_max_batch_tokens)
+    return self.calibration.apply(score(self.model, self.tok, self.encoder.encode_many(list(posts), list(criteria)),
+                                        batch_size, self.precision, max_tokens=self.p.train.eval_max_batch_tokens))
 
 # %% ../nbs/08_infer.ipynb #57b8b5dc
 @patch
@@ -120,7 +122,7 @@ def proba_ids(self:FoldScorer, posts:list, ids:list, batch_size:int=32) -> np.nd
     P = score(self.model, self.tok, self.posts.encode_posts(uniq), batch_size, self.precision, self.crit_seqs,
               max_tokens=self.p.train.eval_max_batch_tokens).reshape(len(uniq), -1)
     row = {x: i for i, x in enumerate(uniq)}
-    return P[[row[x] for x in posts], [self.col[c] for c in ids]]
+    return self.calibration.apply(P[[row[x] for x in posts], [self.col[c] for c in ids]])
 
 # %% ../nbs/08_infer.ipynb #6d0d870c
 def common_prefix_len(seqs:list) -> int:
@@ -169,7 +171,7 @@ def screen_proba(self:FoldScorer, post:str, criteria:list, reuse:bool|None=None,
     if not self.can_reuse:
         raise InputError("prefix reuse needs a decoder model and a template with {post} before {criterion}")
     seqs = [e['input_ids'] for e in self.encoder.encode_many([post] * len(criteria), list(criteria))]
-    return to_proba(self.prefix_logits(seqs)).cpu().numpy().astype(np.float64)
+    return self.calibration.apply(to_proba(self.prefix_logits(seqs)).cpu().numpy().astype(np.float64))
 
 # %% ../nbs/08_infer.ipynb #c2b76d02
 def merged(model):
@@ -181,12 +183,12 @@ def merged(model):
 
 # %% ../nbs/08_infer.ipynb #b56ca100
 def load_folder(folder, merge:bool=True) -> FoldScorer:
-    "A `FoldScorer` from a fold model folder (adapter merged into the weights unless `merge=False`)."
+    "A `FoldScorer` from a fold model folder (adapter merged into the weights unless `merge=False`), calibrated."
     folder = Path(folder)
     if not folder.is_dir(): raise InputError(f"{folder}: no such model folder")
     fm = load_fold_model(folder, 'cuda' if torch.cuda.is_available() else 'cpu')
     return FoldScorer(merged(fm.model) if merge else fm.model, fm.tokenizer, fm.params, fm.threshold, fm.criteria,
-                      fm.extra, folder)
+                      fm.extra, folder, fm.calibration)
 
 # %% ../nbs/08_infer.ipynb #149ab620
 @dataclass
