@@ -151,9 +151,9 @@ SCHEMA['metrics'] = {
     'select': ('f1', str, 'what early stopping and the dev threshold maximise: `f1` (the positive class) or '
                "`weighted_f1` (IMHI's metric)"),
     'bootstrap': (1000, int, 'bootstrap resamples (of posts) for confidence intervals'),
-    'calibration': ('auto', str, "how each fold's scores are calibrated, fitted on its dev part (the threshold mapped "
-                    'alike, so decisions are unchanged): `none`, `temperature`, `platt`, or `auto` (whichever of the three has '
-                    'the lowest cross-fitted dev Brier)'),
+    'calibration': ('auto', str, "how each fold's scores are calibrated, fitted on its dev part (the threshold "
+                    'mapped alike, so decisions are unchanged): `none`, `temperature`, `platt`, or `auto` (whichever '
+                    'of the three has the lowest cross-fitted dev Brier)'),
 }
 SCHEMA['tracking'] = {
     'uri': ('sqlite:///mlflow.db', str, 'MLflow store; `MLFLOW_TRACKING_URI` overrides it'),

@@ -13,16 +13,18 @@ from .data import PairTable, load_table, sentence_labels
 from .splits import fold_pairs, read_folds, train_dev_split
 from .metrics import (binary_metrics, bootstrap_ci, criterion_table, evidence_ranking, evidence_table,
                                   tfidf_baseline)
+from .metrics import Calibration, calibration_metrics
 from .artifacts import save_fold_model
 from .evidence import cosine_sentence_scores
-from .train import FoldResult, torch_setup, train_fold
+from .train import FoldResult, calibrate_result, torch_setup, train_fold
 from . import tracking
 
 # %% auto #0
-__all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'run_name', 'run_dir', 'CVRun', 'load_cv', 'holdout_parts', 'run_parts',
-           'log_fold', 'FoldOutcome', 'fold_job', 'fold_table', 'time_table', 'always_yes_f1', 'CVSummary',
-           'cv_summary', 'evidence_doc', 'holdout_evidence', 'log_holdout_evidence', 'faithfulness_doc',
-           'summary_markdown', 'Aggregate', 'aggregate_job']
+__all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'CAL_COLUMNS', 'run_name', 'run_dir', 'CVRun', 'load_cv', 'holdout_parts',
+           'run_parts', 'log_calibration', 'log_fold', 'FoldOutcome', 'fold_job', 'fold_table', 'time_table',
+           'always_yes_f1', 'CVSummary', 'cv_summary', 'evidence_doc', 'holdout_evidence', 'log_holdout_evidence',
+           'faithfulness_doc', 'fold_calibrations', 'calibration_doc', 'calibration_line', 'summary_markdown',
+           'Aggregate', 'aggregate_job']
 
 # %% ../nbs/12_jobs.ipynb #bbe7365b
 def run_name(p) -> str:
@@ -92,9 +94,20 @@ def run_parts(client, run, p, table:PairTable) -> dict:
     if kind == 'holdout': return holdout_parts(p, table)
     raise InputError(f"run {run.info.run_id} is neither a fold nor a holdout run (kind={kind})")
 
+# %% ../nbs/12_jobs.ipynb #cee10d0c
+def log_calibration(client, run_id:str, result:FoldResult, bins:int=15) -> dict:
+    "Log the fold's calibration method (param), scale, bias, dev Brier before/after, test ECE and Brier (and raw)."
+    cal, dev = result.calibration or Calibration(), calibration_metrics(result.dev_predictions, bins)
+    m = {**{f'test_{k}': v for k, v in calibration_metrics(result.test_predictions, bins).items()},
+         'calibration_scale': cal.scale, 'calibration_bias': cal.bias, 'dev_brier_before': dev['brier_raw'],
+         'dev_brier_after': dev['brier']}
+    tracking.log_params(client, run_id, {'calibration_method': cal.method})
+    tracking.log_metrics(client, run_id, m)
+    return m
+
 # %% ../nbs/12_jobs.ipynb #89f2a91d
 def log_fold(client, run_id:str, result:FoldResult, fold:int) -> tuple:
-    "Log a trained fold's history, test metrics, timings and prediction tables; `(test predictions, test metrics)`."
+    "Log a fold's history, test metrics, calibration, timings and prediction tables; `(test predictions, metrics)`."
     for h in result.history:
         tracking.log_metrics(client, run_id, {k: v for k, v in h.items() if k != 'epoch'}, step=int(h['epoch']))
     test = result.test_predictions.assign(threshold=result.threshold, fold=fold)
@@ -112,6 +125,7 @@ def log_fold(client, run_id:str, result:FoldResult, fold:int) -> tuple:
     tracking.log_frame(client, run_id, result.dev_predictions.assign(threshold=result.threshold, fold=fold),
                        'dev_predictions')
     tracking.log_frame(client, run_id, pd.DataFrame(result.history), 'history')
+    log_calibration(client, run_id, result)
     return test, m
 
 # %% ../nbs/12_jobs.ipynb #95f73439
@@ -155,6 +169,7 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     data_s = time.perf_counter() - t0
     result = train_fold(p, parts['train'], parts['dev'], parts['test'], table.criteria, progress=progress,
                         sentences=table.sentences)
+    result = calibrate_result(p, result)    # fitted on dev; dev, test and the threshold mapped by it
     tl = time.perf_counter()
     result.timings['data_s'] = data_s
     test, m = log_fold(client, run_id, result, k)
@@ -165,7 +180,8 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
         log_holdout_evidence(client, run_id, ev, out)
     model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold,
                                 result.criteria, {'fold': k, 'run_id': run_id, 'best_epoch': result.best_epoch,
-                                                  'test_f1': m['f1']})
+                                                  'test_f1': m['f1'], 'threshold_raw': result.threshold_raw},
+                                result.calibration)
     tracking.log_artifact(client, run_id, model_dir, 'model')
     t1 = time.perf_counter()
     result.timings.update(log_s=t1 - tl, job_s=t1 - t0)
@@ -317,6 +333,46 @@ def faithfulness_doc(fa:pd.DataFrame, n_boot:int=1000, seed:int=42) -> dict:
         doc[m] = {'value': _r4(x.mean()), 'low': _r4(lo), 'high': _r4(hi)}
     return doc
 
+# %% ../nbs/12_jobs.ipynb #f7a1a772
+CAL_COLUMNS = ('calibration_scale', 'calibration_bias', 'dev_brier_before', 'dev_brier_after', 'test_ece',
+               'test_ece_raw', 'test_brier', 'test_brier_raw')
+
+def fold_calibrations(latest:dict) -> pd.DataFrame:
+    "One row per fold from its latest run: calibration method (`none` where not logged) and its numbers."
+    return pd.DataFrame([{'fold': k, 'method': r.data.params.get('calibration_method', 'none'),
+                          **{c: r.data.metrics.get(c) for c in CAL_COLUMNS}} for k, r in sorted(latest.items())],
+                        columns=['fold', 'method', *CAL_COLUMNS])
+
+# %% ../nbs/12_jobs.ipynb #0cb8782d
+def calibration_doc(preds:pd.DataFrame,  # pooled out-of-fold test predictions: label, prob (and prob_raw)
+                    fold_cal:pd.DataFrame, # `fold_calibrations`
+                    fold_roc_auc,          # each fold's own test ROC-AUC
+                    bins:int=15) -> dict:
+    "`summary.json`'s `calibration`: per fold what it chose; pooled ECE, Brier and ROC-AUC, calibrated and raw."
+    raw = preds.prob_raw if 'prob_raw' in preds else preds.prob
+    auc = lambda prob: _r4(binary_metrics(preds.label, prob)['roc_auc'])
+    cols = ['method', *CAL_COLUMNS]
+    return {'bins': bins,
+            'per_fold': {int(r.fold): {c: r[c] if c == 'method' else _r4(r[c]) for c in cols}
+                         for _, r in fold_cal.iterrows()},
+            'oof': {k: _r4(v) for k, v in calibration_metrics(preds, bins).items()},
+            'roc_auc': {'pooled': auc(preds.prob), 'pooled_raw': auc(raw),
+                        'fold_mean': _r4(np.mean(np.asarray(fold_roc_auc, dtype=float)))}}
+
+# %% ../nbs/12_jobs.ipynb #17deb946
+def calibration_line(c:dict) -> str:
+    "The `calibration` section in one paragraph of `summary.md`: what each fold chose, ECE, Brier, ROC-AUC."
+    fmt = lambda v: '–' if v is None else f'{v:.3f}'
+    methods = {k: f['method'] for k, f in c['per_fold'].items()}
+    o, a = c['oof'], c['roc_auc']
+    word = 'probabilities' if all(m != 'none' for m in methods.values()) else 'scores'
+    return (f"Calibration, fitted on each fold's dev part ({', '.join(f'fold {k}: {m}' for k, m in methods.items())}): "
+            f"pooled out-of-fold {word} have ECE {fmt(o['ece'])} (raw scores {fmt(o['ece_raw'])}) and Brier "
+            f"{fmt(o['brier'])} (raw {fmt(o['brier_raw'])}); pooled ROC-AUC {fmt(a['pooled'])} (raw "
+            f"{fmt(a['pooled_raw'])}) against the folds' own {fmt(a['fold_mean'])} on average. ECE is the average gap "
+            f"between the score and the observed share of matches ({c['bins']} equal-width bins, weighted by pairs); "
+            f"Brier the mean squared difference between the score and the 0/1 label; lower is better for both.")
+
 # %% ../nbs/12_jobs.ipynb #d1e58181
 def summary_markdown(s:dict) -> str:
     "The summary as a short Markdown page."
@@ -333,6 +389,7 @@ def summary_markdown(s:dict) -> str:
         f = s['across_folds'][a]
         lines.append(f"| {a} | {o[a]['value']:.3f} ({o[a]['low']:.3f}–{o[a]['high']:.3f}) | "
                      f"{f['mean']:.3f} ± {f['std']:.3f} |")
+    if c := s.get('calibration'): lines += ['', calibration_line(c)]
     if ev := s.get('evidence'):
         lines += ['', f"Evidence ({ev['pairs']} positive pairs with an annotated sentence): the top sentence is an "
                   f"annotated one for P@1 {ev['p_at_1']['value']:.3f} ({ev['p_at_1']['low']:.3f}–"
@@ -451,6 +508,8 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
         faith = {m: v['value'] for m, v in ev.get('faithfulness', {}).items() if m != 'pairs'}
         ranks = {m: ev[m]['value'] for m in ('p_at_1', 'ap', 'r_at_3')}
         tracking.log_metrics(client, parent_id, {f'evidence_{m}': v for m, v in {**ranks, **faith}.items()})
+    s.doc['calibration'] = cal = calibration_doc(preds, fold_calibrations(latest), folds.roc_auc)
+    tracking.log_metrics(client, parent_id, {f'oof_{k}': v for k, v in cal['oof'].items()})
     for f in _write_summary(out, s, preds, folds): tracking.log_artifact(client, parent_id, f, 'summary')
     _log_summary(client, parent_id, s, preds, folds)
     times = time_table({k: r.data.metrics for k, r in latest.items()})

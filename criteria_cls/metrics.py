@@ -16,8 +16,8 @@ from sklearn.linear_model import LogisticRegression
 # %% auto #0
 __all__ = ['SELECT_METRICS', 'CALIBRATIONS', 'binary_metrics', 'threshold_sweep', 'best_threshold', 'tuned_metrics',
            'criterion_table', 'fast_score', 'bootstrap_ci', 'curves', 'brier', 'reliability_table', 'ece',
-           'Calibration', 'fit_scaling', 'fit_calibration', 'tfidf_baseline', 'rank_metrics', 'evidence_ranking',
-           'evidence_table', 'rationale_texts', 'faithfulness', 'cosine_scores']
+           'Calibration', 'fit_scaling', 'fit_calibration', 'calibration_metrics', 'tfidf_baseline', 'rank_metrics',
+           'evidence_ranking', 'evidence_table', 'rationale_texts', 'faithfulness', 'cosine_scores']
 
 # %% ../nbs/03_metrics.ipynb #d907a32f
 def binary_metrics(y,                 # gold labels, 0/1
@@ -262,6 +262,14 @@ def fit_calibration(y, prob,
     cal = _fitted(method, y, prob)
     cal.dev_brier_before, cal.dev_brier_after, cal.cross_fitted = brier(y, prob), brier(y, cal.apply(prob)), scores
     return cal
+
+# %% ../nbs/03_metrics.ipynb #5b9942c1
+def calibration_metrics(pred:pd.DataFrame,  # label, prob (and prob_raw: the scores before calibration)
+                        bins:int=15) -> dict:
+    "ECE and Brier of `prob`, and of `prob_raw` (`_raw`; `prob` itself in a table without it)."
+    raw = pred.prob_raw if 'prob_raw' in pred else pred.prob
+    return {'ece': ece(pred.label, pred.prob, bins), 'brier': brier(pred.label, pred.prob),
+            'ece_raw': ece(pred.label, raw, bins), 'brier_raw': brier(pred.label, raw)}
 
 # %% ../nbs/03_metrics.ipynb #09ffe831
 def _criterion_probs(Xtr, Xdv, Xte, ytr:np.ndarray, C:float) -> tuple:
