@@ -16,11 +16,13 @@ from nbconvert import HTMLExporter
 from sklearn.metrics import confusion_matrix
 from .data import split_sentences
 from .metrics import threshold_sweep, criterion_table, curves
+from .metrics import brier, ece, reliability_table
 
 # %% auto #0
-__all__ = ['PALETTE', 'EVIDENCE_COLUMNS', 'report_theme', 'themed', 'tidy', 'plot_learning_curves', 'plot_confusion',
-           'plot_threshold_curve', 'evidence_examples', 'fold_criterion_f1', 'plot_f1_heatmap', 'plot_fold_curves',
-           'plot_baseline_comparison', 'evidence_quality', 'plot_time_breakdown', 'render_html']
+__all__ = ['PALETTE', 'EVIDENCE_COLUMNS', 'CALIBRATION_COLUMNS', 'report_theme', 'themed', 'tidy', 'plot_learning_curves',
+           'plot_confusion', 'plot_threshold_curve', 'evidence_examples', 'fold_criterion_f1', 'plot_f1_heatmap',
+           'plot_fold_curves', 'plot_baseline_comparison', 'evidence_quality', 'calibration_name', 'plot_reliability',
+           'calibration_table', 'plot_time_breakdown', 'render_html']
 
 # %% ../nbs/11_report.ipynb #6b38e7e1
 PALETTE = 'colorblind'
@@ -217,6 +219,48 @@ def evidence_quality(ev:dict, names:dict|None=None) -> pd.DataFrame:
     for m in EVIDENCE_COLUMNS: per.loc['ALL', f'{m} CI'] = f"{ev[m]['low']:.3f}–{ev[m]['high']:.3f}"
     per = per.astype({'pairs': int, **{m: float for m in EVIDENCE_COLUMNS}})
     return per.rename(columns={**EVIDENCE_COLUMNS, **{f'{m} CI': f'{v} CI' for m, v in EVIDENCE_COLUMNS.items()}})
+
+# %% ../nbs/11_report.ipynb #e15e834f
+def calibration_name(methods) -> str:
+    "What to call `prob`, from the calibration method of each fold behind it: a probability only where calibrated."
+    methods = list(methods)
+    k = sum(m != 'none' for m in methods)
+    if methods and k == len(methods): return 'calibrated probability'
+    return 'score (not calibrated)' if k == 0 else f'score (calibrated in {k} of {len(methods)} folds)'
+
+# %% ../nbs/11_report.ipynb #a346626a
+@themed
+def plot_reliability(pred:pd.DataFrame,                  # label, prob (and prob_raw: the scores before calibration)
+                     name:str='calibrated probability',  # what `prob` is (`calibration_name`)
+                     title:str='Test pairs', bins:int=15):
+    "Observed share of matches against the mean value per bin, of `prob` and `prob_raw`; ECE and Brier in the title."
+    fig, ax = plt.subplots(figsize=(5.8, 4.8))
+    ax.plot([0, 1], [0, 1], color='gray', ls=':', label='perfectly calibrated')
+    cols = [('prob', name)]
+    if 'prob_raw' in pred and not np.allclose(pred.prob_raw, pred.prob): cols.append(('prob_raw', 'raw score'))
+    parts = []
+    for col, label in cols:
+        t = reliability_table(pred.label, pred[col], bins)
+        line, = ax.plot(t.mean_prob, t.observed, label=label)
+        ax.scatter(t.mean_prob, t.observed, s=10 + 150 * t['count'] / t['count'].max(), color=line.get_color())
+        parts.append(f"{label}: ECE {ece(pred.label, pred[col], bins):.3f}, Brier {brier(pred.label, pred[col]):.3f}")
+    ax.set(title='\n'.join([title, *parts]), xlabel=f'mean value in the bin ({bins} equal-width bins)',
+           ylabel='observed share of matches', xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc='upper left', title=None)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/11_report.ipynb #79194658
+CALIBRATION_COLUMNS = {'method': 'method', 'dev_brier_before': 'dev Brier (raw)', 'dev_brier_after': 'dev Brier',
+                       'test_ece': 'test ECE', 'test_ece_raw': 'test ECE (raw)', 'test_brier': 'test Brier',
+                       'test_brier_raw': 'test Brier (raw)'}
+
+def calibration_table(c:dict) -> pd.DataFrame:
+    "One row per fold and a pooled one: method, dev Brier before and after, test ECE and Brier, calibrated and raw."
+    rows = {f'fold {k}': {v: f.get(a) for a, v in CALIBRATION_COLUMNS.items()} for k, f in c['per_fold'].items()}
+    rows['pooled out-of-fold'] = {'method': '', **{CALIBRATION_COLUMNS[f'test_{a}']: v for a, v in c['oof'].items()}}
+    out = pd.DataFrame.from_dict(rows, orient='index', columns=list(CALIBRATION_COLUMNS.values()))
+    return out.astype({v: float for a, v in CALIBRATION_COLUMNS.items() if a != 'method'})
 
 # %% ../nbs/11_report.ipynb #560ae823
 @themed

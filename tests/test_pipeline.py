@@ -127,6 +127,40 @@ def test_aggregate_again_gives_the_same_summary(smoke_cv):
     assert numbers(json.loads((smoke_cv['dir'] / 'summary.json').read_text())) == numbers(smoke_cv['summary'])
 
 
+
+@smoke_store
+def test_calibration_is_fitted_on_dev_and_keeps_every_decision(smoke_cv):
+    "Per fold: the calibration logged and saved, the threshold carried through; pooled: summary.json and the parent."
+    from criteria_cls.metrics import calibration_metrics
+    from criteria_cls.tracking import load_frame
+    d, s, client, parent = smoke_cv['dir'], smoke_cv['summary'], smoke_cv['client'], smoke_cv['parent']
+    for kid in children(client, parent):
+        f, m, method = int(kid.data.tags['fold']), kid.data.metrics, kid.data.params['calibration_method']
+        assert method in ('none', 'temperature', 'platt')
+        assert {'test_ece', 'test_brier', 'test_ece_raw', 'test_brier_raw', 'dev_brier_before',
+                'dev_brier_after'} <= set(m)
+        info = json.loads((d / f'fold_{f}_model' / 'threshold.json').read_text())
+        cal = json.loads((d / f'fold_{f}_model' / 'calibration.json').read_text())
+        assert cal['method'] == method and abs(info['threshold'] - m['test_threshold']) < 1e-12
+        assert 'model/calibration.json' in artifacts(client, kid.info.run_id, 'model')   # what `register` ships
+        for table in ('dev_predictions', 'test_predictions'):     # calibrated prob, raw prob, calibrated threshold
+            t = load_frame(client, kid.info.run_id, table)
+            assert (t.threshold == info['threshold']).all() and {'prob', 'prob_raw'} <= set(t.columns)
+            assert ((t.prob >= t.threshold) == (t.prob_raw >= info['threshold_raw'])).all(), (f, table)
+            if method == 'none': assert (t.prob == t.prob_raw).all()
+        test = pd.read_csv(d / f'fold_{f}_test_predictions.csv')
+        assert abs(m['test_ece'] - calibration_metrics(test)['ece']) < 1e-9
+        assert abs(m['test_brier_raw'] - calibration_metrics(test)['brier_raw']) < 1e-9
+    c = s['calibration']
+    want = calibration_metrics(pd.read_csv(d / 'oof_predictions.csv'), c['bins'])
+    for a, v in c['oof'].items():
+        assert abs(v - want[a]) < 1e-4 and parent.data.metrics[f'oof_{a}'] == v, a
+    assert sorted(int(k) for k in c['per_fold']) == list(range(s['folds']))
+    assert c['roc_auc']['fold_mean'] == s['across_folds']['roc_auc']['mean']
+    assert "Calibration, fitted on each fold's dev part" in (d / 'summary.md').read_text()
+    assert 'Out-of-fold test pairs, pooled: reliability' in (d / 'aggregate.ipynb').read_text()
+    assert 'Test fold: reliability (calibration: ' in (d / 'fold_0.ipynb').read_text()
+
 @smoke_store
 def test_failing_fold_marks_runs_failed(smoke_cv):
     tmp, env, client = smoke_cv['tmp'], smoke_cv['env'], smoke_cv['client']
