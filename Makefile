@@ -59,8 +59,15 @@ mlflow-ui: install  ## the MLflow UI on the project's store (STORE=... for anoth
 serve:  ## serve a registered model: make serve MODEL=models:/NAME@ALIAS [PORT=5001] [STORE=...] (POST /invocations)
 	@test -x $(BIN)/mlflow || { echo "make serve: $(BIN)/mlflow not found: run make install first" >&2; exit 2; }
 	@test -n "$(MODEL)" || { echo "make serve needs MODEL=models:/<name>@<alias> (criteria-cls register prints it)" >&2; exit 2; }
-	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$(STORE)}" \
-	  $(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local -h 127.0.0.1 -p $(or $(PORT),5001) -w 1
+	@echo "serving $(MODEL) at http://127.0.0.1:$(or $(PORT),5001)/invocations; Ctrl-C stops it" >&2
+	@# the server runs in the background of this shell, which waits for it: on Ctrl-C (SIGINT to the whole process
+	@# group) the server shuts down and the shell exits 0 once it has; on SIGTERM the shell passes it on. Either way
+	@# no "Aborted!" from MLflow's command and no "make: *** Error"
+	@trap 'wait $$pid; exit 0' INT; trap 'kill -TERM $$pid 2>/dev/null; wait $$pid; exit 0' TERM; \
+	  PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$(STORE)}" \
+	  MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false \
+	  $(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local -h 127.0.0.1 -p $(or $(PORT),5001) -w 1 & \
+	  pid=$$!; wait $$pid
 
 readme: install  ## README.md from nbs/index.ipynb (nbdev_readme needs quarto; nbconvert does not)
 	$(BIN)/jupyter nbconvert --to markdown --log-level WARN nbs/index.ipynb --output-dir . --output README

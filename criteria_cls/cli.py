@@ -161,12 +161,13 @@ def add_cv(sub):
 # %% ../nbs/14_cli.ipynb #e54ebdd9
 def cmd_fold(args) -> int:
     "Run one fold of an existing CV exactly as `cv` does (for schedulers)."
-    from criteria_cls.jobs import load_cv
+    from criteria_cls.jobs import load_cv, small_dev_tags
     from criteria_cls.pipeline import fold_headline, run_fold
     from criteria_cls.tracking import get_client
     cv = load_cv(args.parent_run_id, lookup_store(args, args.parent_run_id))
     say(f'fold {args.fold} of {cv.name}\nMLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
     rid = run_fold(cv, args.fold, progress=not args.quiet, threads=args.threads)
+    for n in small_dev_tags(cv.tracking_uri, [rid]): say(f'warning: {n}')
     say(f'{fold_headline(get_client(cv.tracking_uri), rid, args.fold)}; its report and model: {cv.dir}')
     print(json.dumps({'fold': args.fold, 'run_id': rid, 'parent_run_id': args.parent_run_id}))
     return 0

@@ -51,7 +51,8 @@ SCHEMA['data'] = {
 SCHEMA['cv'] = {
     'folds': (5, int, 'folds by post (at least 2); each post is tested once'),
     'dev_fraction': (0.15, float, "share of each fold's training posts held out as dev (early stopping, threshold); "
-                     'in (0, 0.5)'),
+                     'in (0, 0.5). A dev part of fewer than 20 posts, or fewer than 3 positive posts for a criterion, '
+                     'gets a warning (`criteria_cls.splits.small_dev_note`)'),
     'method': ('multilabel', str, '`multilabel`: iterative stratification over every criterion; `group`: '
                'StratifiedGroupKFold on the pairs (stratifies only the overall positive rate)'),
 }

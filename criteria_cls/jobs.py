@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .config import InputError, params_hash
 from .data import PairTable, load_table, sentence_labels
-from .splits import fold_pairs, read_folds, train_dev_split
+from .splits import fold_pairs, read_folds, small_dev_note, train_dev_split
 from .metrics import (binary_metrics, bootstrap_ci, criterion_table, evidence_ranking, evidence_table,
                                   tfidf_baseline)
 from .metrics import Calibration, calibration_metrics
@@ -21,10 +21,10 @@ from . import tracking
 
 # %% auto #0
 __all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'CAL_COLUMNS', 'run_name', 'run_dir', 'CVRun', 'load_cv', 'holdout_parts',
-           'run_parts', 'log_calibration', 'log_fold', 'FoldOutcome', 'fold_job', 'fold_table', 'time_table',
-           'always_yes_f1', 'CVSummary', 'cv_summary', 'evidence_doc', 'holdout_evidence', 'log_holdout_evidence',
-           'faithfulness_doc', 'fold_calibrations', 'calibration_doc', 'calibration_line', 'summary_markdown',
-           'Aggregate', 'aggregate_job']
+           'run_parts', 'log_calibration', 'log_fold', 'FoldOutcome', 'tag_small_dev', 'small_dev_tags', 'fold_job',
+           'fold_table', 'time_table', 'always_yes_f1', 'CVSummary', 'cv_summary', 'evidence_doc', 'holdout_evidence',
+           'log_holdout_evidence', 'faithfulness_doc', 'fold_calibrations', 'calibration_doc', 'calibration_line',
+           'summary_markdown', 'Aggregate', 'with_post_text', 'aggregate_job']
 
 # %% ../nbs/12_jobs.ipynb #bbe7365b
 def run_name(p) -> str:
@@ -141,6 +141,20 @@ class FoldOutcome:
     names: dict
     out_dir: Path
 
+# %% ../nbs/12_jobs.ipynb #3a63ecce
+def tag_small_dev(client, run_id:str, dev:pd.DataFrame, criteria:list, fold:int) -> str|None:
+    "Tag run `run_id` `small_dev` with `small_dev_note` of its dev pairs where they are too few; the note."
+    note = small_dev_note(dev, criteria, f'fold {fold}' if fold >= 0 else 'the holdout')
+    if note: tracking.with_retry(client.set_tag, run_id, 'small_dev', note)
+    return note
+
+# %% ../nbs/12_jobs.ipynb #8f57900e
+def small_dev_tags(tracking_uri:str, run_ids) -> list[str]:
+    "The `small_dev` notes of these fold runs (those that have one)."
+    client = tracking.get_client(tracking_uri)
+    tags = [tracking.with_retry(client.get_run, r).data.tags.get('small_dev') for r in run_ids]
+    return [t for t in tags if t]
+
 # %% ../nbs/12_jobs.ipynb #16427465
 def _save_evidence(client, run_id:str, result:FoldResult, out:Path, stem:str):
     "The test pairs' sentence scores and the faithfulness of their top sentence, where the model gives them."
@@ -165,6 +179,7 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     parts = run_parts(client, run, p, table)
     out = Path(output_dir or run.data.tags.get('run_dir') or '.'); out.mkdir(parents=True, exist_ok=True)
     tracking.log_params(client, run_id, {'split': {part: int(v.post_id.nunique()) for part, v in parts.items()}})
+    tag_small_dev(client, run_id, parts['dev'], list(table.criteria.criterion_id), k)
     torch_setup(p, threads)
     data_s = time.perf_counter() - t0
     result = train_fold(p, parts['train'], parts['dev'], parts['test'], table.criteria, progress=progress,
@@ -438,6 +453,12 @@ def _write_summary(out:Path, s:CVSummary, preds:pd.DataFrame, folds:pd.DataFrame
     preds.to_csv(out / 'oof_predictions.csv', index=False)
     return [out / f for f in ('summary.json', 'thresholds.json', 'summary.md')]
 
+# %% ../nbs/12_jobs.ipynb #dffb2100
+def with_post_text(preds:pd.DataFrame, posts:pd.DataFrame) -> pd.DataFrame:
+    "`preds` (post_id, …) with each post's `text` as the last column."
+    text = dict(zip(posts.post_id.astype(str), posts.text))
+    return preds.assign(text=preds.post_id.astype(str).map(text))
+
 # %% ../nbs/12_jobs.ipynb #06264e29
 def _run_doc(cv:CVRun, folds:pd.DataFrame, table:PairTable, params_file:str) -> dict:
     "What `summary.json` says about the run: names, hashes, the data and the training budget."
@@ -510,7 +531,8 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
         tracking.log_metrics(client, parent_id, {f'evidence_{m}': v for m, v in {**ranks, **faith}.items()})
     s.doc['calibration'] = cal = calibration_doc(preds, fold_calibrations(latest), folds.roc_auc)
     tracking.log_metrics(client, parent_id, {f'oof_{k}': v for k, v in cal['oof'].items()})
-    for f in _write_summary(out, s, preds, folds): tracking.log_artifact(client, parent_id, f, 'summary')
+    for f in _write_summary(out, s, with_post_text(preds, table.posts), folds):
+        tracking.log_artifact(client, parent_id, f, 'summary')
     _log_summary(client, parent_id, s, preds, folds)
     times = time_table({k: r.data.metrics for k, r in latest.items()})
     return Aggregate(parent_id, p, folds, preds, s.per_criterion, s.ci, base, s.baseline_ci, s.doc, names, out, times)

@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np, pandas as pd, yaml
 import mlflow, mlflow.pyfunc
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 from .config import InputError
-from .infer import Predictor, load_folder, normalize_pairs
+from .infer import POST_COLUMNS, TEXT_COLUMNS, Predictor, _first, load_folder, row_problem
 from . import tracking
 
 # %% auto #0
 __all__ = ['PYFUNC_CONFIG', 'fold_members', 'RunModels', 'resolve_run', 'pyfunc_members', 'load_predictor', 'evidence_column',
-           'CriteriaClsModel', 'pyfunc_signature', 'smoke_profile', 'describe_run', 'default_model_name', 'register']
+           'request_rows', 'RequestError', 'CriteriaClsModel', 'pyfunc_signature', 'smoke_profile', 'describe_run',
+           'default_model_name', 'register']
 
 # %% ../nbs/09_registry.ipynb #c85c85b2
 def fold_members(client, run, ensemble:bool) -> tuple:
@@ -93,14 +95,30 @@ def _from_pyfunc(d:Path, uri:str) -> Predictor:
     return Predictor.from_folders(members, cfg['threshold'], uri, cfg.get('meta'))
 
 # %% ../nbs/09_registry.ipynb #ecf63144
+def _version(client, uri:str):
+    "The model version a `models:/<name>@<alias>` or `models:/<name>/<version>` URI names, in `client`'s registry."
+    ref = uri[len('models:/'):].strip('/')
+    name, at, alias = ref.partition('@')
+    if at: return client.get_model_version_by_alias(name, alias)
+    name, _, version = ref.rpartition('/')
+    if not (name and version.isdigit()):
+        raise InputError(f"{uri}: give models:/<name>@<alias> or models:/<name>/<version>")
+    return client.get_model_version(name, version)
+
 def _registered(uri:str, tracking_uri:str, dest:str) -> Path:
-    "The pyfunc model folder of a `models:/` URI, downloaded to `dest`."
-    try: return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dest, tracking_uri=tracking_uri,
-                                                         registry_uri=tracking_uri))
+    "The pyfunc model folder of a `models:/` URI, downloaded to `dest` from the registry of `tracking_uri`."
+    # not mlflow.artifacts.download_artifacts(models:/…, registry_uri=…): MLflow 3 looks the name up in its
+    # default registry (sqlite:///mlflow.db in the working folder, made empty there) whatever registry_uri says
+    client = tracking.get_client(tracking_uri)
+    try:
+        mv = _version(client, uri)
+        src = client.get_model_version_download_uri(mv.name, mv.version)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=src, dst_path=dest, tracking_uri=tracking_uri))
+    except InputError: raise
     except Exception as e:
         why = str(e).splitlines()[0][:300]
         raise InputError(f"cannot load {uri} from the registry at {tracking_uri}: {why}. Check the name and alias "
-                         f"(`criteria-cls register` sets them) and MLFLOW_TRACKING_URI.") from None
+                         f"(`criteria-cls register` sets them) and the store (--tracking-uri).") from None
 
 # %% ../nbs/09_registry.ipynb #29713b82
 def load_predictor(uri:str,                # runs:/<id>, models:/<name>@<alias> (or /<version>), or a folder
@@ -134,6 +152,38 @@ def evidence_column(pred:Predictor, posts:list, ids:list, k:int=1) -> list:
                       for c, g in ev.groupby('criterion_id', sort=False)}
     return [json.dumps(seen[p].get(c, [])) for p, c in zip(posts, ids)]
 
+# %% ../nbs/09_registry.ipynb #ec653924
+def request_rows(rows,             # a request: a DataFrame or a list of dicts
+                 known:dict,       # the model's criteria: `{criterion_id: text}`
+                 texts:bool=True,  # whether the model scores any criterion text (a pair head)
+                ) -> pd.DataFrame:
+    "`row, post, criterion_id, criterion` per pair asked for: a post alone is one pair per known criterion."
+    if isinstance(rows, pd.DataFrame) and rows.columns.empty:   # MLflow drops the fields its signature lacks
+        raise InputError("no field the model reads: give each row the post as 'text' (or 'post'), and its "
+                         "'criterion_id' (none: every criterion)")
+    rows = rows.to_dict('records') if isinstance(rows, pd.DataFrame) else [rows] if isinstance(rows, dict) else rows
+    out, bad = [], []
+    for i, r in enumerate(rows, 1):
+        post = _first(r, POST_COLUMNS) if isinstance(r, dict) else None
+        if isinstance(r, dict) and post is None: bad.append(f"row {i}: missing or empty 'post' (or 'text')")
+        elif post is not None and _first(r, ('criterion_id',)) is None and _first(r, TEXT_COLUMNS) is None:
+            out += [{'row': i, 'post': post, 'criterion_id': c, 'criterion': None} for c in known]
+        elif why := row_problem(r, known, texts): bad.append(f'row {i}: {why}')
+        else: out.append({'row': i, 'post': post, 'criterion_id': (_first(r, ('criterion_id',)) or '').strip(),
+                          'criterion': _first(r, TEXT_COLUMNS)})
+    if bad: raise InputError('; '.join(bad[:3]) + (f' (and {len(bad) - 3} more bad rows)' if len(bad) > 3 else ''))
+    return pd.DataFrame(out, columns=['row', 'post', 'criterion_id', 'criterion'])
+
+# %% ../nbs/09_registry.ipynb #93104efe
+class RequestError(MlflowException):
+    "A bad request (HTTP 400) whose message stays the one line it was made with."
+    def __init__(self, message:str): super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+    @property
+    def message(self) -> str: return self._message
+    @message.setter
+    def message(self, m:str):   # the server's `e.message = f"Failed to predict data '{data}'. …"` changes nothing
+        if not hasattr(self, '_message'): self._message = m
+
 # %% ../nbs/09_registry.ipynb #4d5514ec
 class CriteriaClsModel(mlflow.pyfunc.PythonModel):
     "MLflow pyfunc wrapper around `Predictor` (artifacts: fold model folders and predictor.json)."
@@ -145,21 +195,22 @@ class CriteriaClsModel(mlflow.pyfunc.PythonModel):
                                                 cfg.get('source', ''), cfg.get('meta'))
 
     def predict(self, context, model_input, params=None):
-        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        pred = self.predictor
         try:
-            out = self.predictor.predict(df, where='request')[['criterion_id', 'probability', 'label', 'threshold']]
-            posts = normalize_pairs(df, self.predictor.known, where='request', texts=False).post.tolist()
-            return out.assign(evidence=evidence_column(self.predictor, posts, out.criterion_id.tolist()))
-        except InputError as e: raise MlflowException.invalid_parameter_value(str(e)) from None
+            rows = request_rows(model_input, pred.known, texts=not pred.multi)
+            out = pred.predict(rows, where='request')[['criterion_id', 'probability', 'label', 'threshold']]
+            out.insert(0, 'row', rows.row.values)
+            return out.assign(evidence=evidence_column(pred, rows.post.tolist(), out.criterion_id.tolist()))
+        except InputError as e: raise RequestError(str(e)) from None
 
 # %% ../nbs/09_registry.ipynb #b1ffe60f
 def pyfunc_signature() -> ModelSignature:
-    "Input: post, criterion_id, optional criterion text. Output: criterion_id, probability, label, threshold, evidence."
+    "Input: text (or post), criterion_id or criterion text, all optional. Output: row, criterion_id, probability, …"
+    text = lambda name: ColSpec('string', name, required=False)   # `request_rows` says what a row lacks
     return ModelSignature(
-        inputs=Schema([ColSpec('string', 'post'), ColSpec('string', 'criterion_id'),
-                       ColSpec('string', 'criterion', required=False)]),
-        outputs=Schema([ColSpec('string', 'criterion_id'), ColSpec('double', 'probability'), ColSpec('long', 'label'),
-                        ColSpec('double', 'threshold'), ColSpec('string', 'evidence')]))
+        inputs=Schema([text('text'), text('post'), text('criterion_id'), text('criterion'), text('description')]),
+        outputs=Schema([ColSpec('long', 'row'), ColSpec('string', 'criterion_id'), ColSpec('double', 'probability'),
+                        ColSpec('long', 'label'), ColSpec('double', 'threshold'), ColSpec('string', 'evidence')]))
 
 # %% ../nbs/09_registry.ipynb #bdc50d38
 def _steps(run) -> int|None:

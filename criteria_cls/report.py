@@ -19,10 +19,11 @@ from .metrics import threshold_sweep, criterion_table, curves
 from .metrics import brier, ece, reliability_table
 
 # %% auto #0
-__all__ = ['PALETTE', 'EVIDENCE_COLUMNS', 'CALIBRATION_COLUMNS', 'report_theme', 'themed', 'tidy', 'plot_learning_curves',
-           'plot_confusion', 'plot_threshold_curve', 'evidence_examples', 'fold_criterion_f1', 'plot_f1_heatmap',
-           'plot_fold_curves', 'plot_baseline_comparison', 'evidence_quality', 'calibration_name', 'plot_reliability',
-           'calibration_table', 'plot_time_breakdown', 'render_html']
+__all__ = ['PALETTE', 'EVIDENCE_COLUMNS', 'CALIBRATION_COLUMNS', 'GLOSSARY', 'report_theme', 'themed', 'tidy',
+           'plot_learning_curves', 'plot_confusion', 'plot_threshold_curve', 'evidence_examples', 'misclassified',
+           'fold_criterion_f1', 'plot_f1_heatmap', 'plot_fold_curves', 'plot_baseline_comparison', 'evidence_quality',
+           'calibration_name', 'plot_reliability', 'calibration_table', 'plot_time_breakdown', 'glossary',
+           'render_html']
 
 # %% ../nbs/11_report.ipynb #6b38e7e1
 PALETTE = 'colorblind'
@@ -144,6 +145,27 @@ def evidence_examples(preds:pd.DataFrame,   # test predictions: post_id, criteri
     items = [_pair_html(r, names or {}, threshold, split_sentences(text.get(r.post_id, '')),
                         sc.get((r.post_id, r.criterion_id), {})) for r in d.itertuples()]
     return '\n'.join(items) or '<p>no test pair to show</p>'
+
+# %% ../nbs/11_report.ipynb #f5e42df3
+def misclassified(preds:pd.DataFrame,        # test predictions: post_id, criterion_id, label, prob (and threshold)
+                  posts:pd.DataFrame,        # post_id, text
+                  threshold:float|None=None, # the decision threshold (None: each row's `threshold`)
+                  names:dict|None=None,      # criterion_id → name
+                  n:int=10,                  # at most this many of each kind
+                  width:int=500,             # characters of a post shown (longer posts end in …)
+                 ) -> pd.DataFrame:
+    "False positives, then false negatives, the most confident first: error, criterion, probability, threshold, …"
+    d = preds.assign(post_id=preds.post_id.astype(str),
+                     threshold=preds.threshold if threshold is None else float(threshold))
+    fp = d[(d.label == 0) & (d.prob >= d.threshold)].sort_values('prob', ascending=False, kind='stable').head(n)
+    fn = d[(d.label == 1) & (d.prob < d.threshold)].sort_values('prob', kind='stable').head(n)
+    d = pd.concat([fp.assign(error='false positive'), fn.assign(error='false negative')], ignore_index=True)
+    text, names = dict(zip(posts.post_id.astype(str), posts.text)), names or {}
+    clip = lambda s: s if len(s) <= width else s[:width - 1] + '…'
+    crit = [f'{c} {names[c]}' if names.get(c, c) != c else c for c in d.criterion_id]
+    return pd.DataFrame({'error': d.error, 'criterion': crit, 'probability': d.prob, 'threshold': d.threshold,
+                         'annotated': d.label.astype(int), 'post_id': d.post_id,
+                         'post': [clip(str(text.get(p, ''))) for p in d.post_id]})
 
 # %% ../nbs/11_report.ipynb #76e9224c
 def fold_criterion_f1(preds:pd.DataFrame, names:dict|None=None) -> pd.DataFrame:
@@ -278,6 +300,35 @@ def plot_time_breakdown(times:pd.DataFrame):
     ax.legend(ncols=4, loc='upper center', bbox_to_anchor=(0.5, -0.25), frameon=False)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/11_report.ipynb #06938744
+GLOSSARY = {
+    'ROC-AUC': "how often a matching (post, criterion) pair scores above a non-matching one: 0.5 is chance, 1 a "
+               "perfect ranking; no threshold involved.",
+    'PR-AUC': "precision averaged over every recall level; chance is the share of matching pairs, so it is the "
+              "stricter test when matches are rare.",
+    'pooled out-of-fold': "every post scored by the one fold model that never saw it, all folds' scores put "
+                          "together and measured once.",
+    'F1 at the dev-tuned threshold': "the balance (harmonic mean) of precision and recall when a probability at or "
+                                     "above the threshold counts as a match; the threshold is the one with the "
+                                     "best F1 on the dev posts, never on the test posts.",
+    'bootstrap CI': "the range the metric takes in 95% of re-draws of the posts with replacement: how much it could "
+                    "move with other posts of the same kind.",
+    'evidence P@1 / AP / R@3': "for matching pairs with sentences the annotators marked: how often the model's "
+                               "top sentence is a marked one (P@1), the average precision of its sentence ranking "
+                               "(AP), how often a marked sentence is in its top three (R@3).",
+    'comprehensiveness / sufficiency': "how much the probability falls when the top sentence is taken out (higher: "
+                                       "the decision rests on it) and when it is kept alone (lower: it is enough "
+                                       "on its own).",
+    'ECE / Brier': "calibration: ECE is the average gap between the stated probability and how often such pairs "
+                   "really match; Brier is the mean squared gap between probability and label; 0 is perfect.",
+}
+
+# %% ../nbs/11_report.ipynb #dcbf67c0
+def glossary(terms:list|None=None) -> str:
+    "Markdown: a heading and one line per term of `GLOSSARY` (all of them by default)."
+    lines = [f'- **{t}**: {GLOSSARY[t]}' for t in (terms or GLOSSARY)]
+    return '\n'.join(['## What the numbers mean', '', *lines])
 
 # %% ../nbs/11_report.ipynb #236bf16d
 def render_html(ipynb, html=None, hide_input:bool=False, title:str|None=None) -> Path:

@@ -13,8 +13,9 @@ from .config import InputError
 from .data import PairTable
 
 # %% auto #0
-__all__ = ['check_splittable', 'make_folds', 'train_dev_split', 'fold_coverage', 'coverage_notes', 'split_hash',
-           'folds_from_params', 'write_folds', 'read_folds', 'fold_pairs']
+__all__ = ['MIN_DEV_POSTS', 'MIN_DEV_POSITIVES', 'check_splittable', 'make_folds', 'train_dev_split', 'fold_coverage',
+           'coverage_notes', 'small_dev_note', 'small_dev_notes', 'split_hash', 'folds_from_params', 'write_folds',
+           'read_folds', 'fold_pairs']
 
 # %% ../nbs/02_splits.ipynb #d29705a7
 def check_splittable(t:PairTable, folds:int):
@@ -116,6 +117,38 @@ def coverage_notes(t:PairTable, folds:list) -> list[str]:
                 notes.append(f"criterion {crit} has no positive post in the {part} part of fold(s) {', '.join(miss)}")
     return notes
 
+# %% ../nbs/02_splits.ipynb #d9e76e1a
+MIN_DEV_POSTS = 20        # fewer dev posts than this: a threshold tuned on them is noise
+MIN_DEV_POSITIVES = 3     # fewer positive dev posts for a criterion: it hardly counts in the choice
+
+# %% ../nbs/02_splits.ipynb #ddf00192
+_WHAT_TO_DO = ("too few to tune the decision threshold and stop early on. Use more folds (cv.folds), a larger "
+               "cv.dev_fraction, or one threshold tuned on all folds' dev posts pooled")
+
+def _dev_problems(dev:pd.DataFrame, criteria:list) -> list:
+    "What makes a dev part too small: its post count, criteria with few positive posts (empty: nothing)."
+    n = dev.post_id.nunique()
+    pos = dev[dev.label == 1].groupby('criterion_id').post_id.nunique().reindex(list(criteria), fill_value=0)
+    few = ', '.join(f'{c} ({v})' for c, v in pos[pos < MIN_DEV_POSITIVES].items())
+    return ([f'{n} posts (fewer than {MIN_DEV_POSTS})'] if n < MIN_DEV_POSTS else []) + \
+           ([f'fewer than {MIN_DEV_POSITIVES} positive posts for {few}'] if few else [])
+
+def small_dev_note(dev:pd.DataFrame,  # a dev part's pairs: post_id, criterion_id, label
+                   criteria:list,     # every criterion id (one without a positive dev pair counts 0)
+                   where:str='the fold', # whose dev part, for the message ('fold 2', 'the holdout')
+                  ) -> str|None:
+    "A warning with what to do when `dev` has too few posts, or positives for a criterion, to tune on (else None)."
+    why = _dev_problems(dev, criteria)
+    return f"{where}'s dev part has {' and '.join(why)}: {_WHAT_TO_DO}" if why else None
+
+# %% ../nbs/02_splits.ipynb #14ae95bc
+def small_dev_notes(t:PairTable, folds:list) -> list[str]:
+    "One note naming the folds whose dev part is too small (`small_dev_note`), and what to do; `[]` when none is."
+    ids = list(t.criteria.criterion_id)
+    why = [(f['fold'], _dev_problems(t.pairs[t.pairs.post_id.isin(f['dev'])], ids)) for f in folds]
+    parts = [f"fold {k} has {' and '.join(w)}" for k, w in why if w]
+    return [f"small dev parts: {'; '.join(parts)}: {_WHAT_TO_DO}"] if parts else []
+
 # %% ../nbs/02_splits.ipynb #6e678ea6
 def split_hash(t:PairTable, folds:int, dev_fraction:float, seed:int, method:str, n:int=12) -> str:
     "Hash of the data's content and the split params."
@@ -125,12 +158,12 @@ def split_hash(t:PairTable, folds:int, dev_fraction:float, seed:int, method:str,
 
 # %% ../nbs/02_splits.ipynb #48cadabe
 def folds_from_params(t:PairTable, p) -> dict:
-    "The folds document for params `p`: split params, hashes, folds, coverage notes."
+    "The folds document for params `p`: split params, hashes, folds, notes on coverage and small dev parts."
     c = p.cv
     folds = make_folds(t, c.folds, c.dev_fraction, p.seed, c.method)
     return {'data_hash': t.content_hash(), 'split_hash': split_hash(t, c.folds, c.dev_fraction, p.seed, c.method),
             'params': {'folds': c.folds, 'dev_fraction': c.dev_fraction, 'seed': p.seed, 'method': c.method},
-            'source': t.source, 'notes': coverage_notes(t, folds), 'folds': folds}
+            'source': t.source, 'notes': coverage_notes(t, folds) + small_dev_notes(t, folds), 'folds': folds}
 
 # %% ../nbs/02_splits.ipynb #848075cc
 def write_folds(doc:dict, path) -> Path:
