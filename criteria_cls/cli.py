@@ -265,15 +265,18 @@ def _predictor(args):
     if uri.startswith(('runs:/', 'models:/')):
         store = lookup_store(args, uri[len('runs:/'):].strip('/').split('/')[0] if uri.startswith('runs:/') else None)
         say(f'MLflow store: {store}')
-    return load_predictor(args.model, store, ensemble=getattr(args, 'ensemble', False))
+    return load_predictor(args.model, store, getattr(args, 'ensemble', False), getattr(args, 'fold', None))
 
 # %% ../nbs/14_cli.ipynb #6141b3d0
 def model_line(pred, uri:str) -> str:
-    "One line naming the model: where it came from, what it is, its threshold."
+    "One line naming the model: where it came from, what it is, its threshold (and what a CV's was tuned on)."
     m = pred.meta
     what = {'ensemble': f"ensemble of {len(pred.scorers)} fold models", 'holdout': 'holdout model',
             'fold': f"fold {m.get('fold')}"}.get(m.get('kind'), 'model folder')
-    return f"model {uri}: {m.get('backbone', '?')} + {m.get('peft', '?')}, {what}, threshold {pred.threshold:.2f}"
+    tuned = (f" tuned on the pooled out-of-fold dev predictions ({m['dev_pairs']} dev pairs)"
+             if m.get('dev_pairs') else '')
+    return (f"model {uri}: {m.get('backbone', '?')} + {m.get('peft', '?')}, {what}, "
+            f"threshold {pred.threshold:.2f}{tuned}")
 
 # %% ../nbs/14_cli.ipynb #5a05c81f
 def score_table(rows) -> str:
@@ -333,11 +336,18 @@ def cmd_predict(args) -> int:
     return 0
 
 # %% ../nbs/14_cli.ipynb #5cb66962
+def _fold_args(sp):
+    "`--fold K` or `--ensemble` (the default), for a CV parent run."
+    one = sp.add_mutually_exclusive_group()
+    one.add_argument('--fold', type=int, metavar='K', help="a CV parent run: only fold K's model, at its own threshold")
+    one.add_argument('--ensemble', action='store_true',
+                     help='a CV parent run: its fold ensemble, which is the default (kept so older commands work)')
+
 def _model_args(sp, required=True):
     sp.add_argument('--model', required=required, metavar='URI',
-                    help='runs:/<run_id>, models:/<name>@<alias> or a model folder')
-    sp.add_argument('--ensemble', action='store_true',
-                    help='a CV parent run: average all fold models (median threshold) instead of the best fold')
+                    help='runs:/<run_id>, models:/<name>@<alias> or a model folder; a CV parent run means its fold '
+                         'ensemble (mean probability, one threshold tuned on the pooled out-of-fold dev predictions)')
+    _fold_args(sp)
     _store_arg(sp)
 
 # %% ../nbs/14_cli.ipynb #e4d58a63
@@ -405,7 +415,7 @@ def cmd_register(args) -> int:
     alias = None if (args.alias or '').lower() in ('', 'none') else args.alias
     store = lookup_store(args, args.run_id)
     say(f'MLflow store (runs and registry): {store}')
-    r = register(args.run_id, store, args.name, alias, args.ensemble, log=say)
+    r = register(args.run_id, store, args.name, alias, args.ensemble, args.fold, log=say)
     print(json.dumps({k: r[k] for k in ('name', 'version', 'alias', 'uri', 'model_uri', 'warning')}))
     return 0
 
@@ -415,12 +425,12 @@ def add_register(sub):
     sp = sub.add_parser('register',
                         help='register a run\'s model in the MLflow Model Registry (pyfunc) and set an alias')
     sp.add_argument('--run-id', required=True,
-                    help='a fold or holdout run, or a CV parent run (its best fold, or --ensemble)')
+                    help='a fold or holdout run, or a CV parent run (its fold ensemble; --fold K for one fold)')
     sp.add_argument('--name', help='registered model name (default criteria-cls-<backbone>: criteria-cls-minilm-l6)')
     _store_arg(sp)
     sp.add_argument('--alias', default='champion',
                     help="alias for the new version (default champion; 'none' for no alias)")
-    sp.add_argument('--ensemble', action='store_true', help='a CV parent run: register all fold models as one ensemble')
+    _fold_args(sp)
     sp.add_argument('--json', action='store_true', help='accepted for symmetry: the result is always JSON on stdout')
     sp.set_defaults(func=cmd_register)
 

@@ -18,13 +18,14 @@ from .artifacts import save_fold_model
 from .evidence import cosine_sentence_scores
 from .train import FoldResult, calibrate_result, torch_setup, train_fold
 from . import tracking
+from .registry import ensemble_threshold
 
 # %% auto #0
 __all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'CAL_COLUMNS', 'run_name', 'run_dir', 'CVRun', 'load_cv', 'holdout_parts',
            'run_parts', 'log_calibration', 'log_fold', 'FoldOutcome', 'tag_small_dev', 'small_dev_tags', 'fold_job',
            'fold_table', 'time_table', 'always_yes_f1', 'CVSummary', 'cv_summary', 'evidence_doc', 'holdout_evidence',
            'log_holdout_evidence', 'faithfulness_doc', 'fold_calibrations', 'calibration_doc', 'calibration_line',
-           'summary_markdown', 'Aggregate', 'with_post_text', 'aggregate_job']
+           'summary_markdown', 'Aggregate', 'ensemble_doc', 'with_post_text', 'aggregate_job']
 
 # %% ../nbs/12_jobs.ipynb #bbe7365b
 def run_name(p) -> str:
@@ -275,13 +276,11 @@ def cv_summary(preds:pd.DataFrame,      # pooled out-of-fold test predictions: p
     rate = {c: rate.get(c, preds.label.mean()) for c in per.index}    # criterion_table's pooled row: every pair
     ci = {a: bootstrap_ci(preds, a, n=n_boot, seed=seed) for a in CI_METRICS}
     base_ci = bootstrap_ci(baseline, 'f1', n=n_boot, seed=seed)
-    best = folds.loc[folds.f1.idxmax()]
     spread = lambda x: {'mean': _r4(x.mean()), 'std': _r4(x.std(ddof=1)), 'min': _r4(x.min()), 'max': _r4(x.max())}
     doc = {
         **run, 'folds': run.get('folds', len(folds)),
         'pooled_oof': {a: {k: _r4(c[k]) for k in ('value', 'low', 'high')} for a, c in ci.items()},
         'across_folds': {a: spread(folds[a]) for a in METRICS},
-        'best_fold': {'fold': int(best.fold), 'f1': _r4(best.f1), 'run_id': best.run_id},
         'per_criterion': _criterion_doc(per, base_per, rate, names),
         'baseline_tfidf_lr': {'f1': _r4(base_ci['value']), 'low': _r4(base_ci['low']), 'high': _r4(base_ci['high'])},
         'references': {'positive_rate': _r4(preds.label.mean()),
@@ -399,6 +398,11 @@ def summary_markdown(s:dict) -> str:
                     f"positive rate {d['positive_rate']:.3f}.", '']
     if g: lines += [f"Training budget: profile `{g['profile']}`, at most {g['max_epochs']} epochs; epochs run per fold "
                     f"{g['epochs_run']}, optimizer steps per fold {g['optimizer_steps']}.", '']
+    if e := s.get('ensemble'):
+        lines += [f"The model `criteria-cls register` ships: the ensemble of the {len(e['folds'])} fold models (mean "
+                  f"probability), threshold {e['threshold']:.2f} tuned on the pooled out-of-fold dev predictions "
+                  f"({e['dev_pairs']} dev pairs); no test score chose it. The pooled out-of-fold numbers below "
+                  f"estimate the procedure that made it.", '']
     lines += ['| metric | pooled out-of-fold (95% CI) | mean ± std over folds |', '|---|---|---|']
     for a in CI_METRICS:
         f = s['across_folds'][a]
@@ -441,12 +445,22 @@ class Aggregate:
     out_dir: Path
     times: pd.DataFrame       # seconds per stage of each fold (`time_table`)
 
+# %% ../nbs/12_jobs.ipynb #9b5aa9b9
+def ensemble_doc(client, latest:dict) -> dict:
+    "`summary.json`'s `ensemble`: what `register` ships for the CV, its fold runs and their pooled-dev threshold."
+    runs = [latest[k] for k in sorted(latest)]
+    e = ensemble_threshold(client, runs)
+    return {'folds': sorted(latest), 'run_ids': [r.info.run_id for r in runs], 'threshold': _r4(e['threshold']),
+            'dev_pairs': e['dev_pairs'], 'select': e['select']}
+
 # %% ../nbs/12_jobs.ipynb #cb23aa98
 def _write_summary(out:Path, s:CVSummary, preds:pd.DataFrame, folds:pd.DataFrame) -> list:
     "`summary.json`, `thresholds.json`, `summary.md` and `oof_predictions.csv` in `out`; the first three's paths."
-    thresholds = {'per_fold': s.doc['thresholds'], 'median': _r4(float(np.median(folds.threshold))),
-                  'note': "each fold model uses its own threshold, tuned on that fold's dev part; "
-                          "the median is for an ensemble of the fold models"}
+    e = s.doc['ensemble']
+    thresholds = {'per_fold': s.doc['thresholds'], 'ensemble': e['threshold'], 'ensemble_dev_pairs': e['dev_pairs'],
+                  'note': "the fold ensemble (what `criteria-cls register` ships for this CV) uses `ensemble`, "
+                          "tuned on the pooled out-of-fold dev predictions of every fold; one fold's model (--fold K) "
+                          "uses its own, tuned on that fold's dev part"}
     (out / 'summary.json').write_text(json.dumps(s.doc, indent=1) + '\n')
     (out / 'thresholds.json').write_text(json.dumps(thresholds, indent=1) + '\n')
     (out / 'summary.md').write_text(summary_markdown(s.doc))
@@ -529,6 +543,7 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
         faith = {m: v['value'] for m, v in ev.get('faithfulness', {}).items() if m != 'pairs'}
         ranks = {m: ev[m]['value'] for m in ('p_at_1', 'ap', 'r_at_3')}
         tracking.log_metrics(client, parent_id, {f'evidence_{m}': v for m, v in {**ranks, **faith}.items()})
+    s.doc['ensemble'] = ensemble_doc(client, latest)
     s.doc['calibration'] = cal = calibration_doc(preds, fold_calibrations(latest), folds.roc_auc)
     tracking.log_metrics(client, parent_id, {f'oof_{k}': v for k, v in cal['oof'].items()})
     for f in _write_summary(out, s, with_post_text(preds, table.posts), folds):

@@ -8,7 +8,7 @@ import json, re, shutil, tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-import numpy as np, pandas as pd, yaml
+import pandas as pd, yaml
 import mlflow, mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -16,20 +16,57 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 from .config import InputError
 from .infer import POST_COLUMNS, TEXT_COLUMNS, Predictor, _first, load_folder, row_problem
+from .metrics import best_threshold
 from . import tracking
 
 # %% auto #0
-__all__ = ['PYFUNC_CONFIG', 'fold_members', 'RunModels', 'resolve_run', 'pyfunc_members', 'load_predictor', 'evidence_column',
-           'request_rows', 'RequestError', 'CriteriaClsModel', 'pyfunc_signature', 'smoke_profile', 'describe_run',
-           'default_model_name', 'register']
+__all__ = ['PYFUNC_CONFIG', 'pooled_dev_threshold', 'ensemble_threshold', 'fold_members', 'RunModels', 'resolve_run',
+           'pyfunc_members', 'load_predictor', 'evidence_column', 'request_rows', 'RequestError', 'CriteriaClsModel',
+           'pyfunc_signature', 'smoke_profile', 'members_phrase', 'describe_run', 'default_model_name', 'register']
+
+# %% ../nbs/09_registry.ipynb #8a6c7625
+def pooled_dev_threshold(dev:pd.DataFrame,  # the fold runs' `dev_predictions`, concatenated: label, prob per pair
+                         select:str='f1',    # `metrics.select`: what the threshold maximises
+                         step:float=0.01,    # `metrics.threshold_step`
+                        ) -> float:
+    "The fold ensemble's one threshold: `metrics.best_threshold` on the pooled out-of-fold dev predictions."
+    missing = [c for c in ('label', 'prob') if c not in dev.columns]
+    if missing: raise InputError(f"dev predictions without column(s) {', '.join(missing)} (expected label, prob)")
+    if not len(dev): raise InputError("no dev predictions to tune the fold ensemble's threshold on")
+    return best_threshold(dev.label.to_numpy(), dev.prob.to_numpy(), step, select)
+
+# %% ../nbs/09_registry.ipynb #6d390918
+def ensemble_threshold(client, runs:list) -> dict:
+    "`threshold`, `dev_pairs`, `select`, `threshold_step` of fold runs' ensemble, from their `dev_predictions` only."
+    parts = []
+    for r in runs:
+        rid, tags = r.info.run_id, r.data.tags
+        if 'tables/dev_predictions.csv' not in {a.path for a in tracking.with_retry(client.list_artifacts, rid,
+                                                                                   'tables')}:
+            raise InputError(f"fold run {rid} (fold {tags.get('fold', '?')}) has no dev_predictions table to tune the "
+                             f"fold ensemble's threshold on: rerun that fold (criteria-cls fold --parent-run-id "
+                             f"{tags.get('mlflow.parentRunId', '<cv run id>')} --fold {tags.get('fold', 'K')}), "
+                             f"or use one fold's model with --fold K")
+        parts.append(tracking.load_frame(client, rid, 'dev_predictions'))
+    ps = runs[0].data.params
+    select, step = ps.get('metrics.select', 'f1'), float(ps.get('metrics.threshold_step', 0.01))
+    dev = pd.concat(parts, ignore_index=True)
+    return {'threshold': pooled_dev_threshold(dev, select, step), 'dev_pairs': len(dev), 'select': select,
+            'threshold_step': step}
 
 # %% ../nbs/09_registry.ipynb #c85c85b2
-def fold_members(client, run, ensemble:bool) -> tuple:
-    "`(runs, threshold or None, meta)`: the fold run(s) a run stands for."
+def fold_members(client, run,
+                 ensemble:bool=False,   # accepted for older callers: a CV run is its fold ensemble by default
+                 fold:int|None=None,    # a CV run: only this fold's model, at its own threshold
+                ) -> tuple:
+    "`(runs, threshold or None, meta)`: the fold run(s) a run stands for, chosen without any test score."
     tags, rid = run.data.tags, run.info.run_id
     kind = tags.get('kind')
+    if ensemble and fold is not None: raise InputError("give --fold K or --ensemble, not both")
     if kind in ('fold', 'holdout'):
-        if ensemble: raise InputError(f"run {rid} is a {kind} run; --ensemble needs a CV parent run")
+        if ensemble or fold is not None:
+            raise InputError(f"run {rid} is a {kind} run, which means itself; "
+                             f"--{'ensemble' if ensemble else 'fold'} needs a CV parent run")
         meta = {'kind': kind, 'fold': int(tags.get('fold', -1)), 'run_id': rid,
                 'parent_run_id': tags.get('mlflow.parentRunId')}
         return [run], None, meta
@@ -40,12 +77,14 @@ def fold_members(client, run, ensemble:bool) -> tuple:
     if not latest:
         raise InputError(f"CV run {rid} has no finished fold: finish it with `criteria-cls cv --resume {rid}`")
     meta = {'parent_run_id': rid, 'cv_f1': run.data.metrics.get('oof_f1')}
+    if fold is not None:
+        if fold not in latest:
+            done = ', '.join(map(str, sorted(latest)))
+            raise InputError(f"CV run {rid} has no finished fold {fold} (finished: {done})")
+        return [latest[fold]], None, {**meta, 'kind': 'fold', 'fold': fold, 'run_id': latest[fold].info.run_id}
     runs = [latest[k] for k in sorted(latest)]
-    if ensemble:
-        thr = float(np.median([r.data.metrics.get('test_threshold', 0.5) for r in runs]))
-        return runs, thr, {**meta, 'kind': 'ensemble', 'folds': sorted(latest)}
-    best = max(runs, key=lambda r: r.data.metrics.get('test_f1', -1))   # ties: the lowest fold
-    return [best], None, {**meta, 'kind': 'fold', 'fold': int(best.data.tags['fold']), 'run_id': best.info.run_id}
+    e = ensemble_threshold(client, runs)
+    return runs, e['threshold'], {**meta, 'kind': 'ensemble', 'folds': sorted(latest), **e}
 
 # %% ../nbs/09_registry.ipynb #f35af706
 @dataclass
@@ -58,13 +97,13 @@ class RunModels:
     meta: dict
 
 # %% ../nbs/09_registry.ipynb #0e21f2ee
-def resolve_run(client, run_id:str, dest:Path, ensemble:bool=False) -> RunModels:
-    "The fold model folders run `run_id` stands for, downloaded to `dest`."
+def resolve_run(client, run_id:str, dest:Path, ensemble:bool=False, fold:int|None=None) -> RunModels:
+    "The fold model folders run `run_id` stands for (`fold_members`), downloaded to `dest`."
     try: run = tracking.with_retry(client.get_run, run_id)
     except Exception as e:
         raise InputError(f"no MLflow run {run_id} in {client.tracking_uri} ({str(e).splitlines()[0][:200]}); "
                          f"{tracking.run_store_hint(run_id, client.tracking_uri)}") from None
-    runs, thr, meta = fold_members(client, run, ensemble)
+    runs, thr, meta = fold_members(client, run, ensemble, fold)
     folders = []
     for r in runs:
         d = Path(dest) / f"fold_{r.data.tags.get('fold', 'holdout')}"; d.mkdir(parents=True, exist_ok=True)
@@ -123,16 +162,19 @@ def _registered(uri:str, tracking_uri:str, dest:str) -> Path:
 # %% ../nbs/09_registry.ipynb #29713b82
 def load_predictor(uri:str,                # runs:/<id>, models:/<name>@<alias> (or /<version>), or a folder
                    tracking_uri:str|None=None, # the store runs and registered models are in
-                   ensemble:bool=False,    # a CV parent run: all folds instead of the best fold
+                   ensemble:bool=False,    # accepted for older callers: a CV parent run is its fold ensemble anyway
+                   fold:int|None=None,     # a CV parent run: only this fold's model, at its own threshold
                   ) -> Predictor:
     "Load a predictor from a run, a registered model or a local folder."
     uri = str(uri)
+    if fold is not None and not uri.startswith('runs:/'):
+        raise InputError(f"{uri}: --fold K picks one fold of a CV parent run (runs:/<cv run id>)")
     with tempfile.TemporaryDirectory(prefix='criteria-cls-') as td:
         if uri.startswith(('runs:/', 'models:/')) and not tracking_uri:
             raise InputError(f"{uri}: loading from MLflow needs a tracking store (tracking_uri)")
         if uri.startswith('runs:/'):
             rid = uri[len('runs:/'):].strip('/').split('/')[0]
-            rm = resolve_run(tracking.get_client(tracking_uri), rid, Path(td), ensemble)
+            rm = resolve_run(tracking.get_client(tracking_uri), rid, Path(td), ensemble, fold)
             return Predictor.from_folders(rm.folders, rm.threshold, uri, rm.meta)
         if uri.startswith('models:/'): return _from_pyfunc(_registered(uri, tracking_uri, td), uri)
         d = Path(uri).expanduser()
@@ -236,15 +278,23 @@ def smoke_profile(params:dict, params_file:str='') -> list:
     if 'smoke' in params.get('experiment', '').lower(): why.append(f"experiment {params['experiment']}")
     return why
 
+# %% ../nbs/09_registry.ipynb #5a1d65e0
+def members_phrase(meta:dict, threshold:float) -> str:
+    "What a model is (its fold models) and what its threshold was tuned on, as `register` says it."
+    if meta.get('kind') == 'ensemble':
+        return (f"ensemble of {len(meta['folds'])} fold models, threshold {threshold:.2f} tuned on the pooled "
+                f"out-of-fold dev predictions ({meta['dev_pairs']} dev pairs)")
+    who = f"fold {meta['fold']}" if meta.get('fold', -1) >= 0 else meta.get('kind', 'fold')
+    return f"{who} model, threshold {threshold:.2f} tuned on its dev part"
+
 # %% ../nbs/09_registry.ipynb #1ae564d8
 def describe_run(client, rm:RunModels) -> tuple:
     "`(lines saying what `rm` is: profile, steps, fold metrics; a smoke-budget warning or None)`."
     run, meta, ps = rm.run, rm.meta, rm.members[0].data.params
     parent = meta.get('parent_run_id')
     src = tracking.with_retry(client.get_run, parent) if parent and parent != run.info.run_id else run
-    best = ' (its best fold)' if run.data.tags.get('kind') == 'cv' else ''
-    what = {'ensemble': f"all {len(rm.members)} fold models of CV run {parent}",
-            'fold': f"fold {meta.get('fold')} of CV run {parent}{best}", 'holdout': 'a holdout run'}[meta['kind']]
+    what = {'ensemble': lambda: members_phrase(meta, rm.threshold), 'holdout': lambda: 'a holdout run',
+            'fold': lambda: f"fold {meta.get('fold')} of CV run {parent}"}[meta['kind']]()
     lines = [f"registering run {run.info.run_id}: {what}",
              f"  experiment {ps.get('experiment', '?')}, params file {src.data.tags.get('params_file', '?')}, "
              f"backbone {ps.get('model.backbone', '?')} + {ps.get('model.peft', '?')}",
@@ -267,14 +317,12 @@ def _requirements() -> list:
 def _description(pred:Predictor, meta:dict, run) -> str:
     "The model version's description: what it is, its inputs and outputs, the CV it came from."
     m = run.data.metrics
-    what = f"an ensemble of {meta['members']} fold models (mean probability)" if meta.get('kind') == 'ensemble' else \
-           f"the {meta.get('kind', 'fold')} model" + (f" of fold {meta['fold']}" if meta.get('fold', -1) >= 0 else '')
-    lines = [f"{pred.meta['backbone']} + {pred.meta['peft']}: {what}, threshold {pred.threshold:.2f} (tuned on dev).",
+    lines = [f"{pred.meta['backbone']} + {pred.meta['peft']}: {members_phrase(meta, pred.threshold)}.",
              f"Input: post, criterion_id ({', '.join(pred.criteria.criterion_id)}) or criterion text. "
              f"Output: probability, label, threshold."]
     if meta.get('cv_f1') is not None:
-        lines.append(f"Cross-validated pooled out-of-fold F1 {meta['cv_f1']:.3f} "
-                     f"(parent run {meta.get('parent_run_id')}).")
+        lines.append(f"Cross-validated pooled out-of-fold F1 {meta['cv_f1']:.3f} (parent run "
+                     f"{meta.get('parent_run_id')}): the estimate for the procedure that made this model.")
     for k in ('test_f1', 'test_precision', 'test_recall', 'test_roc_auc'):
         if k in m and meta.get('kind') != 'ensemble': lines.append(f"{k}: {m[k]:.3f}")
     lines.append(f"Source run: {run.info.run_id}.")
@@ -291,10 +339,11 @@ def _stage(folders:list, runs:list, dest:Path) -> dict:
 
 # %% ../nbs/09_registry.ipynb #f8739468
 def _model_tags(pred:Predictor, meta:dict, run, members:list) -> dict:
-    "Tags of the model version: base model, adapter, members, threshold, source run and its F1."
+    "Tags of the model version: base model, adapter, members, threshold and what it was tuned on, source run, F1."
     tags = {'base_model': pred.meta['backbone'], 'peft': pred.meta['peft'], 'kind': meta['kind'],
-            'members': 'ensemble of ' + ', '.join(members) if meta['kind'] == 'ensemble' else members[0],
-            'threshold': f'{pred.threshold:.4f}', 'source_run_id': run.info.run_id}
+            'members': ', '.join(members), 'threshold': f'{pred.threshold:.4f}',
+            'what': members_phrase(meta, pred.threshold), 'source_run_id': run.info.run_id}
+    if meta.get('dev_pairs') is not None: tags['dev_pairs'] = str(meta['dev_pairs'])
     if meta.get('cv_f1') is not None: tags['cv_f1'] = f"{meta['cv_f1']:.4f}"
     if 'test_f1' in run.data.metrics: tags['test_f1'] = f"{run.data.metrics['test_f1']:.4f}"
     return tags
@@ -342,13 +391,14 @@ def register(run_id:str,                  # a fold, holdout or CV parent run
              tracking_uri:str,            # the store the run is in (the model is registered there too)
              name:str|None=None,          # registered model name (None: `default_model_name` of the backbone)
              alias:str|None='champion',   # alias to point at the new version (None: no alias)
-             ensemble:bool=False,         # a CV run: register all folds as one ensemble model
+             ensemble:bool=False,         # accepted for older callers: a CV run is registered as its fold ensemble
+             fold:int|None=None,          # a CV run: register only this fold's model, at its own threshold
              log=print) -> dict:
     "Log a pyfunc model for a run's fold model(s), register it and set the alias; returns name, version, uri."
     client = tracking.get_client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix='criteria-cls-register-') as td:
         td = Path(td)
-        rm = resolve_run(client, run_id, td / 'download', ensemble)
+        rm = resolve_run(client, run_id, td / 'download', ensemble, fold)
         warn = _announce(client, rm, alias, log)
         pred, meta, arts = _staged(client, rm, run_id, td)
         config = {'members': list(arts), 'threshold': pred.threshold, 'source': f'runs:/{run_id}', 'meta': meta}
@@ -362,7 +412,7 @@ def register(run_id:str,                  # a fold, holdout or CV parent run
     tracking.with_retry(client.update_model_version, name, mv.version, description=desc)
     if alias: tracking.with_retry(client.set_registered_model_alias, name, alias, mv.version)
     uri = f'models:/{name}@{alias}' if alias else f'models:/{name}/{mv.version}'
-    log(f"registered {name} version {mv.version}{' as @' + alias if alias else ''} from run {run_id} "
-        f"({tags['members']}, threshold {pred.threshold:.2f}); load it with {uri}")
+    log(f"registered {name} version {mv.version}{' as @' + alias if alias else ''} from run {run_id}: "
+        f"{tags['what']}; load it with {uri}")
     return {'name': name, 'version': int(mv.version), 'alias': alias, 'uri': uri, 'model_uri': info.model_uri,
             'tags': tags, 'description': desc, 'warning': warn}

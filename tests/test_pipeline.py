@@ -113,7 +113,11 @@ def test_summary_is_the_pooled_fold_predictions(smoke_cv):
     assert abs(s['pooled_oof']['f1']['value'] - pooled['f1']) < 1e-4
     assert parent.data.metrics['oof_f1'] == s['pooled_oof']['f1']['value']   # one stored value, one rounding rule
     per_fold = {int(k): binary_metrics(g.label, g.prob, g.threshold.iloc[0])['f1'] for k, g in preds.groupby('fold')}
-    assert s['best_fold']['fold'] == max(per_fold, key=per_fold.get)
+    e = s['ensemble']       # what `register` ships: every fold, at the threshold of their pooled dev predictions
+    assert e['folds'] == sorted(per_fold) and e['dev_pairs'] > 0 and 'best_fold' not in s
+    kids = sorted(children(client, parent), key=lambda r: int(r.data.tags['fold']))
+    assert e['run_ids'] == [kid.info.run_id for kid in kids]
+    assert json.loads((d / 'thresholds.json').read_text())['ensemble'] == e['threshold']
     assert abs(s['across_folds']['f1']['mean'] - np.mean(list(per_fold.values()))) < 1e-4
     for kid in children(client, parent):
         assert abs(kid.data.metrics['test_f1'] - per_fold[int(kid.data.tags['fold'])]) < 1e-9
@@ -245,7 +249,7 @@ def test_outside_the_project_fold_by_fold_kill_and_resume(request, tmp_path):
                                                                           ('1', 'KILLED')]
     finished = {c.info.run_id for c in kids if c.info.status == 'FINISHED'}
     s = json.loads((d / 'summary.json').read_text())
-    assert s['best_fold']['run_id'] in finished
+    assert set(s['ensemble']['run_ids']) == finished                  # the ensemble: the finished run of each fold
     assert set(pd.read_csv(d / 'oof_predictions.csv').fold) == {0, 1}
     assert client.get_run(parent.info.run_id).info.status == 'FINISHED'
     assert numbers(s) == numbers(request.getfixturevalue('smoke_cv')['summary'])   # asked last: under xdist

@@ -9,18 +9,19 @@ pytestmark = pytest.mark.xdist_group('smoke')   # the smoke CV's store: one xdis
 
 @pytest.fixture(scope='module')
 def model(smoke_cv):
-    "The smoke CV's fold 0: its model folder, its child run, the parent run, and the store's env."
+    "The smoke CV's fold 0 (its model folder, its child run), the parent run and its fold ensemble, the store's env."
     from criteria_cls.infer import Predictor
     kids = smoke_cv['client'].search_runs([smoke_cv['parent'].info.experiment_id],
                                           filter_string=f"tags.mlflow.parentRunId = '{smoke_cv['parent'].info.run_id}'")
     run = {int(r.data.tags['fold']): r for r in kids}
     folder = smoke_cv['dir'] / 'fold_0_model'
-    best = smoke_cv['summary']['best_fold']['fold']
+    ens = smoke_cv['summary']['ensemble']      # what a CV run stands for: every fold, one pooled-dev threshold
     return {'folder': folder, 'run_id': run[0].info.run_id, 'parent_id': smoke_cv['parent'].info.run_id,
             'env': smoke_cv['env'],
             'tmp': smoke_cv['tmp'], 'predictor': Predictor.from_folders([folder]),
-            'best': Predictor.from_folders([smoke_cv['dir'] / f'fold_{best}_model']), 'criteria': ['A1', 'A4', 'A9'],
-            'best_fold': best}
+            'ensemble': Predictor.from_folders([smoke_cv['dir'] / f'fold_{k}_model' for k in ens['folds']],
+                                               ens['threshold']),
+            'criteria': ['A1', 'A4', 'A9'], 'ens': ens}
 
 
 def cli(m, *args, input=None):
@@ -119,21 +120,29 @@ def test_screen_from_stdin_and_argument(model):
 
 
 def test_register_the_cv_then_load_by_alias_in_a_new_process(model):
-    "The CV run that `criteria-cls cv` made, registered: its best fold, loaded back by alias."
+    "The CV run that `criteria-cls cv` made, registered: its fold ensemble, loaded back by alias; one fold by name."
     res = cli(model, 'register', '--run-id', model['parent_id'], '--name', 'cli-test-model', '--json')
     r = json.loads(ok(res))
     assert r['uri'] == 'models:/cli-test-model@champion' and r['version'] == 1
-    best = model['best_fold']
+    e = model['ens']
     # it says what it registers, and that this smoke run (train.max_steps=3) is no model to rely on
     pid = model['parent_id']
-    assert f"registering run {pid}: fold {best} of CV run {pid} (its best fold)" in res.stderr
+    what = (f"ensemble of {len(e['folds'])} fold models, threshold {e['threshold']:.2f} tuned on the pooled "
+            f"out-of-fold dev predictions ({e['dev_pairs']} dev pairs)")
+    assert f"registering run {pid}: {what}" in res.stderr
+    assert f"registered cli-test-model version 1 as @champion from run {pid}: {what}" in res.stderr
     assert 'params file' in res.stderr and 'smoke.yaml' in res.stderr and 'optimizer steps' in res.stderr
     assert 'warning: this looks like a smoke-test run (train.max_steps=3' in res.stderr
     assert '@champion all the same' in res.stderr
     assert r['warning'].startswith('this looks like a smoke-test run')
     got = json.loads(ok(cli(model, 'predict', '--model', r['uri'], '--post', POST, '--criterion', 'A4')))
-    want = model['best'].predict([{'post': POST, 'criterion_id': 'A4'}]).iloc[0]
-    assert abs(got['probability'] - want.probability) < 1e-6
+    want = model['ensemble'].predict([{'post': POST, 'criterion_id': 'A4'}]).iloc[0]
+    assert abs(got['probability'] - want.probability) < 1e-6 and abs(got['threshold'] - e['threshold']) < 1e-4
+    # one fold by name: the CV run with --fold 0 scores as fold 0's folder, at that fold's own threshold
+    got = json.loads(ok(cli(model, 'predict', '--model', f'runs:/{pid}', '--fold', '0', '--post', POST,
+                            '--criterion', 'A4')))
+    want = model['predictor'].predict([{'post': POST, 'criterion_id': 'A4'}]).iloc[0]
+    assert abs(got['probability'] - want.probability) < 1e-6 and got['threshold'] == want.threshold
     bad(cli(model, 'predict', '--model', 'models:/cli-test-model@nobody', '--post', POST, '--criterion', 'A4'),
         'cannot load models:/cli-test-model@nobody')
     bad(cli(model, 'register', '--run-id', 'fffffffffffffffff'), 'no MLflow run')

@@ -16,12 +16,12 @@ pytestmark = pytest.mark.xdist_group('smoke')   # the smoke CV's store: one xdis
 
 @pytest.fixture(scope='module')
 def registered(smoke_cv):
-    "The smoke CV's parent run, as `criteria-cls cv` made it, registered as NAME@champion (its best fold)."
+    "The smoke CV's parent run, as `criteria-cls cv` made it, registered as NAME@champion (its fold ensemble)."
     from criteria_cls.registry import load_predictor, register
     uri = smoke_cv['env']['MLFLOW_TRACKING_URI']
     register(smoke_cv['parent'].info.run_id, uri, NAME, 'champion', log=lambda m: None)
     return {'uri': uri, 'tmp': smoke_cv['tmp'], 'predictor': load_predictor(f'models:/{NAME}@champion', uri),
-            'best': smoke_cv['dir'] / f"fold_{smoke_cv['summary']['best_fold']['fold']}_model"}
+            'folds': [smoke_cv['dir'] / f'fold_{k}_model' for k in smoke_cv['summary']['ensemble']['folds']]}
 
 
 def free_port() -> int:
@@ -64,9 +64,9 @@ def test_serve_invocations(registered):
     try:
         wait_ready(proc, base)
         url = base + '/invocations'
-        # good rows, in two request formats; the scores of the best fold's folder
+        # good rows, in two request formats; the scores of the fold ensemble: the mean of the fold folders
         from criteria_cls.infer import Predictor
-        want = Predictor.from_folders([registered['best']]).predict(PAIRS)
+        want = Predictor.from_folders(registered['folds'], registered['predictor'].threshold).predict(PAIRS)
         np.testing.assert_allclose(registered['predictor'].predict(PAIRS).probability.values, want.probability.values,
                                    atol=1e-6)
         for body in ({'dataframe_records': PAIRS},
