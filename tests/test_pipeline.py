@@ -183,7 +183,8 @@ def test_holdout_on_imhi(tmp_path, root, bench):
     env = store_env(tmp_path)
     r = run_cli(env, 'holdout', '--params', 'params/smoke.yaml', *smoke_overrides(tmp_path, 'e2e-holdout'),
                 'data.format=imhi', f'data.path={bench}/imhi_irf/val.csv', f'data.test_path={bench}/imhi_irf/test.csv',
-                'data.criteria_ids=null', '--quiet')
+                'data.criteria_ids=null', 'prompt.max_sentences=8', 'prompt.sentence_max_length=48',  # 2,113 pairs
+                '--quiet')                                                                       # to score: shorter
     assert r.returncode == 0, r.stderr[-3000:]
     client = MlflowClient(env['MLFLOW_TRACKING_URI'])
     [run] = client.search_runs([client.get_experiment_by_name('e2e-holdout').experiment_id])
