@@ -11,8 +11,9 @@ from fastcore.basics import AttrDict
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL_NAME', 'DEFAULT_TEMPLATE', 'SCHEMA', 'INPUT_PATHS', 'OUTPUT_PATHS', 'CHOICES', 'REFERENCE_FILE',
-           'REGENERATE', 'InputError', 'parse_override', 'home_of', 'project_root', 'load_params', 'params_dict',
-           'save_params', 'params_hash', 'seed_everything', 'params_reference', 'write_params_reference']
+           'REGENERATE', 'InputError', 'parse_override', 'home_of', 'project_root', 'load_params', 'extends_chain',
+           'params_origin', 'params_dict', 'save_params', 'params_hash', 'seed_everything', 'params_reference',
+           'write_params_reference']
 
 # %% ../nbs/00_config.ipynb #3547b1ef
 class InputError(ValueError):
@@ -409,6 +410,29 @@ def load_params(path=None,          # a params YAML file; None: the built-in def
     p = _to_attr(_resolve_paths(_merge(_defaults(SCHEMA), data), origin, run_home))
     _validate_values(p)
     return p
+
+# %% ../nbs/00_config.ipynb #871fd1b9
+def extends_chain(path) -> list[Path]:
+    "The files `path` extends, nearest first, resolved; empty when it extends nothing."
+    chain, path = [], Path(path).expanduser()
+    while True:
+        data, lines = _read_yaml(path)
+        if data.get('extends') is None: return chain
+        path = _extends_path(path, data['extends'], lines.get('extends')).resolve()
+        if path in chain: raise InputError(f"{path}: 'extends' makes a cycle: {' -> '.join(map(str, chain))}")
+        chain.append(path)
+
+# %% ../nbs/00_config.ipynb #edd52ee5
+def _flat(d:dict, pre:str='') -> list:
+    return [x for k, v in d.items() for x in (_flat(v, f'{pre}{k}.') if isinstance(v, dict) else [f'{pre}{k}={v}'])]
+
+def params_origin(path=None,      # the params file run (None: the built-in defaults)
+                  overrides=(),   # the overrides as given: `section.key=value` strings or mappings
+                 ) -> dict:
+    "`{'params_file', 'extends', 'overrides'}`: the resolved file, the chain it extends and the overrides, as strings."
+    return {'params_file': None if path is None else str(Path(path).expanduser().resolve()),
+            'extends': [] if path is None else [str(f) for f in extends_chain(path)],
+            'overrides': [x for o in overrides for x in ([o] if isinstance(o, str) else _flat(o))]}
 
 # %% ../nbs/00_config.ipynb #90c707ff
 def params_dict(p) -> dict:

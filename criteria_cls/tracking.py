@@ -14,8 +14,8 @@ from .config import InputError, load_params, params_dict, project_root
 
 # %% auto #0
 __all__ = ['artifact_location', 'with_retry', 'get_client', 'ensure_experiment', 'flatten', 'start_run', 'end_run', 'log_params',
-           'log_metrics', 'log_artifact', 'log_frame', 'load_frame', 'load_json', 'params_from_run', 'child_runs',
-           'latest_fold_runs', 'run_store_hint', 'existing_store', 'kernel_env']
+           'log_metrics', 'log_artifact', 'log_frame', 'load_frame', 'load_json', 'params_from_run', 'origin_tags',
+           'run_origin', 'child_runs', 'latest_fold_runs', 'run_store_hint', 'existing_store', 'kernel_env']
 
 # %% ../nbs/07_tracking.ipynb #e010302b
 def artifact_location(uri:str, location:str) -> str|None:
@@ -133,6 +133,18 @@ def params_from_run(client, run_id:str):
     "The resolved params attached to run `run_id`."
     with tempfile.TemporaryDirectory() as td:
         return load_params(with_retry(client.download_artifacts, run_id, 'params.yaml', td))
+
+# %% ../nbs/07_tracking.ipynb #c3b7fcb2
+def origin_tags(origin:dict) -> dict:
+    "Tags `params_file`, `extends` and `overrides` (JSON lists) for a `params_origin` record."
+    return {'params_file': origin['params_file'] or '', 'extends': json.dumps(origin['extends']),
+            'overrides': json.dumps(origin['overrides'])}
+
+# %% ../nbs/07_tracking.ipynb #e5cc7ea5
+def run_origin(tags:dict) -> dict:
+    "The `params_origin` record of a run's tags; `extends` and `overrides` are None where the run did not record them."
+    read = lambda k: json.loads(tags[k]) if k in tags else None
+    return {'params_file': tags.get('params_file') or None, 'extends': read('extends'), 'overrides': read('overrides')}
 
 # %% ../nbs/07_tracking.ipynb #6cc2839a
 def child_runs(client, parent_id:str) -> list:
