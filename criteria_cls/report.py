@@ -14,6 +14,7 @@ import seaborn as sns
 import nbformat
 from nbconvert import HTMLExporter
 from sklearn.metrics import confusion_matrix
+from .config import home_of
 from .data import split_sentences
 from .metrics import threshold_sweep, criterion_table, curves
 from .metrics import brier, ece, reliability_table
@@ -22,8 +23,8 @@ from .metrics import brier, ece, reliability_table
 __all__ = ['PALETTE', 'EVIDENCE_COLUMNS', 'CALIBRATION_COLUMNS', 'GLOSSARY', 'report_theme', 'themed', 'tidy',
            'plot_learning_curves', 'plot_confusion', 'plot_threshold_curve', 'evidence_examples', 'misclassified',
            'fold_criterion_f1', 'plot_f1_heatmap', 'plot_fold_curves', 'plot_baseline_comparison', 'evidence_quality',
-           'calibration_name', 'plot_reliability', 'calibration_table', 'plot_time_breakdown', 'glossary',
-           'render_html']
+           'calibration_name', 'plot_reliability', 'calibration_table', 'plot_time_breakdown', 'origin_line',
+           'glossary', 'render_html']
 
 # %% ../nbs/11_report.ipynb #6b38e7e1
 PALETTE = 'colorblind'
@@ -300,6 +301,19 @@ def plot_time_breakdown(times:pd.DataFrame):
     ax.legend(ncols=4, loc='upper center', bbox_to_anchor=(0.5, -0.25), frameon=False)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/11_report.ipynb #6bcf334b
+def origin_line(origin:dict) -> str:
+    "Markdown: the profile a run ran, the files it extends and its command-line overrides (a `params_origin` record)."
+    f = origin.get('params_file')
+    if not f: return 'Profile: the built-in defaults; command-line overrides: ' + _overrides(origin.get('overrides'))
+    home = home_of(f)
+    show = lambda x: f'`{Path(x).relative_to(home) if Path(x).is_relative_to(home) else x}`'
+    ext = origin.get('extends')
+    ext = '' if ext is None else f", extending {' ← '.join(map(show, ext))}" if ext else ' (extends nothing)'
+    return f"Profile {show(f)}{ext}; command-line overrides: {_overrides(origin.get('overrides'))}."
+
+def _overrides(o) -> str: return 'not recorded' if o is None else ' '.join(f'`{x}`' for x in o) if o else 'none'
 
 # %% ../nbs/11_report.ipynb #06938744
 GLOSSARY = {
