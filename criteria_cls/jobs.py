@@ -19,6 +19,7 @@ from .evidence import cosine_sentence_scores
 from .train import FoldResult, calibrate_result, torch_setup, train_fold
 from . import tracking
 from .registry import ensemble_threshold
+from .report import origin_line
 
 # %% auto #0
 __all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'CAL_COLUMNS', 'run_name', 'run_dir', 'CVRun', 'load_cv', 'holdout_parts',
@@ -394,6 +395,7 @@ def summary_markdown(s:dict) -> str:
     d, g, ref = s.get('data') or {}, s.get('budget') or {}, s['references']
     lines = [f"# {s['run']}", '', f"{s['folds']}-fold cross-validation of `{s['backbone']}` + {s['peft']} "
              f"(data {s['data_hash']}, split {s['split_hash']}).", '']
+    if 'overrides' in s: lines += [origin_line(s), '']
     if d: lines += [f"Data: `{d['path']}` ({d['format']}): {d['posts']} posts, {d['pairs']} (post, criterion) pairs, "
                     f"positive rate {d['positive_rate']:.3f}.", '']
     if g: lines += [f"Training budget: profile `{g['profile']}`, at most {g['max_epochs']} epochs; epochs run per fold "
@@ -474,15 +476,16 @@ def with_post_text(preds:pd.DataFrame, posts:pd.DataFrame) -> pd.DataFrame:
     return preds.assign(text=preds.post_id.astype(str).map(text))
 
 # %% ../nbs/12_jobs.ipynb #06264e29
-def _run_doc(cv:CVRun, folds:pd.DataFrame, table:PairTable, params_file:str) -> dict:
-    "What `summary.json` says about the run: names, hashes, the data and the training budget."
+def _run_doc(cv:CVRun, folds:pd.DataFrame, table:PairTable, origin:dict) -> dict:
+    "What `summary.json` says about the run: names, hashes, params origin (`tracking.run_origin`), data, budget."
     p = cv.p
     return {'run': cv.name, 'parent_run_id': cv.parent_id, 'experiment': p.experiment, 'backbone': p.model.backbone,
             'peft': p.model.peft, 'folds': len(cv.folds['folds']), 'data_hash': cv.folds['data_hash'],
-            'split_hash': cv.folds['split_hash'],
+            'split_hash': cv.folds['split_hash'], 'params_file': origin['params_file'], 'extends': origin['extends'],
+            'overrides': origin['overrides'],
             'data': {'path': p.data.path, 'format': p.data.format, 'posts': int(table.pairs.post_id.nunique()),
                      'pairs': len(table.pairs), 'positive_rate': _r4(table.pairs.label.mean())},
-            'budget': {'profile': params_file, 'max_epochs': p.train.epochs, 'max_steps': p.train.max_steps,
+            'budget': {'profile': origin['params_file'] or '', 'max_epochs': p.train.epochs, 'max_steps': p.train.max_steps,
                        'epochs_run': [None if pd.isna(x) else int(x) for x in folds.epochs_run],   # None: not recorded
                        'optimizer_steps': [None if pd.isna(x) else int(x) for x in folds.optimizer_steps]}}
 
@@ -529,7 +532,7 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
     base = tfidf_baseline(table, cv.folds['folds'], p.metrics.threshold_step, metric=p.metrics.select)
     names = dict(zip(table.criteria.criterion_id, table.criteria.name))
     tags = tracking.with_retry(client.get_run, parent_id).data.tags
-    s = cv_summary(preds, folds, base, names, _run_doc(cv, folds, table, tags.get('params_file', '')),
+    s = cv_summary(preds, folds, base, names, _run_doc(cv, folds, table, tracking.run_origin(tags)),
                    p.metrics.bootstrap, p.seed)
     oof = _fold_tables(client, latest, n, 'test_sentences')
     base_ev = None
