@@ -139,7 +139,7 @@ def cmd_cv(args) -> int:
     store = None
     if args.resume: store = load_params(args.params, overrides).tracking.uri if args.params else default_store()
     run_cv(None if args.resume else args.params, overrides, jobs=args.jobs, resume=args.resume, only_folds=only,
-           progress=not args.quiet, tracking_uri=store)
+           progress=not args.quiet, tracking_uri=store, given=args.overrides)
     return 0
 
 # %% ../nbs/14_cli.ipynb #d51dae40
@@ -209,7 +209,7 @@ def add_aggregate(sub):
 def cmd_holdout(args) -> int:
     "Train on data.path, test on data.test_path: one notebook, one run, one report."
     from criteria_cls.pipeline import run_holdout
-    run_holdout(args.params, [*store_overrides(), *args.overrides], progress=not args.quiet)
+    run_holdout(args.params, [*store_overrides(), *args.overrides], progress=not args.quiet, given=args.overrides)
     return 0
 
 # %% ../nbs/14_cli.ipynb #8dca4271

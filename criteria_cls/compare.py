@@ -110,8 +110,9 @@ class RunPredictions:
 def run_data_hash(client, run) -> str:
     "The content hash of the data `run` scored: its `data_hash` tag or `folds.json` (CV), its test set (holdout)."
     tags, rid = run.data.tags, run.info.run_id
-    if tags.get('data_hash'): return tags['data_hash']
-    if tags.get('kind') == 'cv': return tracking.load_json(client, rid, 'folds.json')['data_hash']
+    if tags.get('kind') != 'holdout':
+        return tags.get('data_hash') or tracking.load_json(client, rid, 'folds.json')['data_hash']
+    if tags.get('test_data_hash'): return tags['test_data_hash']     # a holdout's `data_hash` is what it trained on
     try: return load_table(tracking.params_from_run(client, rid), 'test_path').content_hash()
     except InputError as e:
         raise InputError(f"holdout run {rid} records no data hash and its test set can't be read to compute one: "

@@ -485,7 +485,8 @@ def _run_doc(cv:CVRun, folds:pd.DataFrame, table:PairTable, origin:dict) -> dict
             'overrides': origin['overrides'],
             'data': {'path': p.data.path, 'format': p.data.format, 'posts': int(table.pairs.post_id.nunique()),
                      'pairs': len(table.pairs), 'positive_rate': _r4(table.pairs.label.mean())},
-            'budget': {'profile': origin['params_file'] or '', 'max_epochs': p.train.epochs, 'max_steps': p.train.max_steps,
+            'budget': {'profile': origin['params_file'] or '', 'max_epochs': p.train.epochs,
+                       'max_steps': p.train.max_steps,
                        'epochs_run': [None if pd.isna(x) else int(x) for x in folds.epochs_run],   # None: not recorded
                        'optimizer_steps': [None if pd.isna(x) else int(x) for x in folds.optimizer_steps]}}
 

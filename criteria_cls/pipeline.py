@@ -12,10 +12,10 @@ import nbformat
 from ipykernel.kernelspec import install
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 import criteria_cls
-from .config import InputError, load_params, save_params
+from .config import InputError, load_params, params_origin, save_params
 from .data import load_table
 from .splits import folds_from_params, write_folds
-from .report import render_html
+from .report import origin_line, render_html
 from .data import text_table
 from .jobs import CVRun, holdout_parts, load_cv, run_dir, run_name, time_table
 from . import tracking
@@ -24,7 +24,7 @@ from . import tracking
 __all__ = ['KERNEL', 'KERNEL_ARGS', 'notebooks_dir', 'kernel_argv', 'ensure_kernel', 'NotebookFailed', 'execute_notebook',
            'data_tags', 'log_params_file', 'start_cv', 'create_fold_run', 'cells_after', 'log_times', 'run_fold',
            'close_stale_runs', 'run_aggregate', 'fold_headline', 'ui_command', 'resume_command', 'register_command',
-           'cv_headline', 'format_times', 'run_cv', 'evidence_line', 'run_holdout', 'run_recipes']
+           'cv_headline', 'format_times', 'run_cv', 'evidence_line', 'run_holdout', 'recipes_target', 'run_recipes']
 
 # %% ../nbs/13_pipeline.ipynb #f485db84
 KERNEL = 'criteria-cls'
@@ -109,7 +109,9 @@ def log_params_file(client, run_id:str, p, d:Path) -> Path:
     return f
 
 # %% ../nbs/13_pipeline.ipynb #ed55a118
-def start_cv(params_file, overrides=(), tags:dict|None=None) -> CVRun:
+def start_cv(params_file, overrides=(), tags:dict|None=None,
+             given=None,    # the overrides to record as typed (default: `overrides`; the CLI leaves out its store)
+            ) -> CVRun:
     "Validate params and data, create the parent run, write and attach `params.yaml` and `folds.json`."
     p = load_params(params_file, overrides)
     table = load_table(p)
@@ -119,8 +121,9 @@ def start_cv(params_file, overrides=(), tags:dict|None=None) -> CVRun:
                                      tracking.artifact_location(p.tracking.uri, p.tracking.artifact_location))
     name = run_name(p)
     d = run_dir(p, name)
-    note = f"{p.cv.folds}-fold CV of {p.model.backbone} + {p.model.peft} on {table.source}"
-    pid = tracking.start_run(client, exp, name, tags={'kind': 'cv', 'params_file': str(Path(params_file).resolve()),
+    origin = params_origin(params_file, overrides if given is None else given)
+    note = f"{p.cv.folds}-fold CV of {p.model.backbone} + {p.model.peft} on `{table.source}`. {origin_line(origin)}"
+    pid = tracking.start_run(client, exp, name, tags={'kind': 'cv', **tracking.origin_tags(origin),
                                                       'data_hash': doc['data_hash'], 'split_hash': doc['split_hash'],
                                                       'run_dir': str(d), 'mlflow.note.content': note, **(tags or {}),
                                                       **data_tags(table)})
@@ -293,7 +296,7 @@ def format_times(times, aggregate_s:float|None=None) -> str:
     return out + (f'\naggregation and CV report: {aggregate_s:.0f} s' if aggregate_s is not None else '')
 
 # %% ../nbs/13_pipeline.ipynb #4959fc60
-def _open_cv(params_file, overrides, resume:str|None, tracking_uri:str|None, log) -> tuple:
+def _open_cv(params_file, overrides, resume:str|None, tracking_uri:str|None, log, given=None) -> tuple:
     "`(cv, client, folds already finished)`: a new CV from `params_file`, or the CV of parent run `resume`."
     if resume:
         if not tracking_uri: raise InputError('resuming needs the tracking store the CV is in (tracking_uri)')
@@ -306,7 +309,7 @@ def _open_cv(params_file, overrides, resume:str|None, tracking_uri:str|None, log
         log(f'resuming {cv.name}: folds {sorted(done) or "none"} already finished')
         return cv, client, done
     if params_file is None: raise InputError('give --params FILE (or --resume RUN_ID)')
-    cv = start_cv(params_file, overrides)
+    cv = start_cv(params_file, overrides, given=given)
     client = tracking.get_client(cv.tracking_uri)
     log(f'run {cv.name}: parent run {cv.parent_id}, {len(cv.folds["folds"])} folds')
     log(f'MLflow store: {cv.tracking_uri}\nreports and fold models: {cv.dir}')
@@ -336,10 +339,12 @@ def run_cv(params_file=None,           # a params file (a new CV)
            only_folds=None,            # run only these folds now
            progress:bool=True,
            tracking_uri:str|None=None, # with `resume`: the store the parent run is in
-           log=print) -> dict:
+           log=print,
+           given=None,                 # the overrides to record as typed (default: `overrides`)
+          ) -> dict:
     "Cross-validate: parent run, one notebook per fold, aggregation; returns paths and ids."
     t0 = time.time()
-    cv, client, done = _open_cv(params_file, overrides, resume, tracking_uri, log)
+    cv, client, done = _open_cv(params_file, overrides, resume, tracking_uri, log, given)
     n = len(cv.folds['folds'])
     todo = [k for k in range(n) if k not in done and (only_folds is None or k in set(only_folds))]
     _run_folds(cv, todo, jobs, progress, log)
@@ -353,14 +358,18 @@ def run_cv(params_file=None,           # a params file (a new CV)
     return _cv_done(cv, latest, report, time.time() - ta, t0, log)
 
 # %% ../nbs/13_pipeline.ipynb #a64cbebb
-def _start_holdout(client, p, params_file, parts:dict, log) -> tuple:
-    "Create the holdout run (data notes as tags, params attached) and its folder: `(run id, name, folder)`."
+def _start_holdout(client, p, origin:dict, parts:dict, log) -> tuple:
+    "The holdout run (origin, data hashes, notes as tags; params attached) and its folder: `(run id, name, folder)`."
     exp = tracking.ensure_experiment(client, p.experiment,
                                      tracking.artifact_location(p.tracking.uri, p.tracking.artifact_location))
     name = 'holdout-' + run_name(p)
     d = run_dir(p, name)
-    notes = [*load_table(p).notes, *(f'test set: {n}' for n in load_table(p, 'test_path').notes)]
-    tags = {'kind': 'holdout', 'params_file': str(Path(params_file).resolve()), 'run_dir': str(d),
+    train, test = load_table(p), load_table(p, 'test_path')
+    notes = [*train.notes, *(f'test set: {n}' for n in test.notes)]
+    note = (f"Holdout of {p.model.backbone} + {p.model.peft}: trained on `{train.source}`, tested on `{test.source}`. "
+            f"{origin_line(origin)}")
+    tags = {'kind': 'holdout', **tracking.origin_tags(origin), 'run_dir': str(d), 'mlflow.note.content': note,
+            'data_hash': train.content_hash(), 'test_data_hash': test.content_hash(),  # `compare` pairs on the test set
             **data_tags(SimpleNamespace(notes=notes))}
     rid = tracking.start_run(client, exp, name, tags=tags)
     log_params_file(client, rid, p, d)
@@ -394,14 +403,17 @@ def _holdout_done(client, rid:str, p, name:str, nb:Path, notebook_s:float, t0:fl
     return {'run_id': rid, 'dir': d, 'report': report, 'metrics': m, 'times': times}
 
 # %% ../nbs/13_pipeline.ipynb #6f201224
-def run_holdout(params_file, overrides=(), progress:bool=True, log=print) -> dict:
+def run_holdout(params_file, overrides=(), progress:bool=True, log=print,
+                given=None,   # the overrides to record as typed (default: `overrides`)
+               ) -> dict:
     "Train on `data.path`, test on `data.test_path`; one run and one report."
     t0 = time.time()
     p = load_params(params_file, overrides)
     parts = holdout_parts(p)  # validate both datasets before creating anything
     log(f'MLflow store: {p.tracking.uri}\nreports and model: {Path(p.report.dir) / p.experiment}')
     client = tracking.get_client(p.tracking.uri)
-    rid, name, d = _start_holdout(client, p, params_file, parts, log)
+    origin = params_origin(params_file, overrides if given is None else given)
+    rid, name, d = _start_holdout(client, p, origin, parts, log)
     nb, tn = d / 'holdout.ipynb', time.time()
     params = {'run_id': rid, 'tracking_uri': p.tracking.uri, 'output_dir': str(d), 'threads': 0}
     try: execute_notebook(notebooks_dir() / 'train_fold.ipynb', nb, params, progress=progress)
@@ -409,14 +421,24 @@ def run_holdout(params_file, overrides=(), progress:bool=True, log=print) -> dic
         _attach_notebook(client, rid, nb, 'holdout'); tracking.end_run(client, rid, 'FAILED'); raise
     return _holdout_done(client, rid, p, name, nb, time.time() - tn, t0, log)
 
+# %% ../nbs/13_pipeline.ipynb #bae9a2db
+def recipes_target(params_file, overrides=(), out_dir=None, title:str='') -> tuple:
+    "`(out_dir, title)` of a recipe ablation; the ones given win, `''`: the notebook's own (demo) title."
+    f, repo = Path(params_file).expanduser().resolve(), notebooks_dir().parents[1]
+    if f == repo / 'params' / 'default.yaml' and not overrides:
+        return Path(out_dir or repo / 'reports' / 'recipes').resolve(), title
+    p = load_params(f, overrides)
+    return (Path(out_dir or f.parent / 'recipes').resolve(),
+            title or f"{Path(p.data.path).name} ({p.experiment}), {p.cv.folds} folds")
+
 # %% ../nbs/13_pipeline.ipynb #194e5f38
 def run_recipes(params_file='params/default.yaml',  # the base profile every row overrides
                 overrides=(),                       # applied to every row (e.g. another dataset)
                 rows:dict|None=None,                # recipe name -> overrides (None: the notebook's rows)
-                out_dir='reports/recipes',          # where recipes.ipynb, recipes.html and recipes.csv go
+                out_dir=None,                       # where its .ipynb, .html and .csv go (`recipes_target`)
                 title:str='', progress:bool=True, log=print) -> Path:
     "Run the recipe ablation notebook with papermill; returns its HTML report."
-    out = Path(out_dir).resolve(); out.mkdir(parents=True, exist_ok=True)
+    out, title = recipes_target(params_file, overrides, out_dir, title); out.mkdir(parents=True, exist_ok=True)
     nb, t0 = out / 'recipes.ipynb', time.time()
     src = notebooks_dir().parent / 'experiments' / 'recipes.ipynb'
     params = {'params': str(Path(params_file).resolve()), 'overrides': list(overrides), 'output_dir': str(out),

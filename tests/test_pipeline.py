@@ -63,6 +63,17 @@ def test_cv_runs_logs_and_reports(smoke_cv):
         assert (d / f).exists(), f
     html = (d / 'report.html').read_text()
     assert 'data:image/png;base64' in html and 'aggregate_job(' not in html   # figures embedded, code hidden
+    # the run says what it is: the profile, what it extends, the overrides as typed (not the store the CLI adds)
+    tags, s, given = parent.data.tags, smoke_cv['summary'], smoke_overrides(smoke_cv['tmp'], 'e2e')
+    assert json.loads(tags['overrides']) == s['overrides'] == given
+    assert json.loads(tags['extends']) == s['extends'] == [str(ROOT / 'params' / 'default.yaml')]
+    assert tags['params_file'] == s['params_file'] == str(ROOT / 'params' / 'smoke.yaml')
+    line = ('Profile `params/smoke.yaml`, extending `params/default.yaml`; command-line overrides: '
+            + ' '.join(f'`{o}`' for o in given) + '.')
+    assert (d / 'summary.md').read_text().splitlines()[4] == line
+    note = tags['mlflow.note.content']
+    assert note.startswith('2-fold CV of minilm-l6 + lora on `') and line in note
+    assert f'command-line overrides: <code>{given[0]}</code>' in html
 
 
 def streams(nb:Path) -> list:
