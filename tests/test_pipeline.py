@@ -117,6 +117,18 @@ def test_summary_is_the_pooled_fold_predictions(smoke_cv):
     assert abs(s['across_folds']['f1']['mean'] - np.mean(list(per_fold.values()))) < 1e-4
     for kid in children(client, parent):
         assert abs(kid.data.metrics['test_f1'] - per_fold[int(kid.data.tags['fold'])]) < 1e-9
+    # the fold model folder holds the sentence probe (smoke: MiniLM), and predicting from the folder gives the
+    # probabilities the fold logged (fine-tuned model and probe blended, then calibrated)
+    from criteria_cls.config import load_params
+    from criteria_cls.data import load_table
+    from criteria_cls.infer import Predictor
+    assert (d / 'fold_0_model' / 'sentence_probe.json').exists()
+    pairs = load_table(load_params(ROOT / 'params' / 'smoke.yaml')).pairs
+    pairs = pairs.assign(post_id=pairs.post_id.astype(str))
+    some = preds[preds.fold == 0].assign(post_id=lambda x: x.post_id.astype(str)).head(12).merge(
+        pairs[['post_id', 'criterion_id', 'text']])
+    got = Predictor.from_folders([d / 'fold_0_model']).predict(some[['text', 'criterion_id']]).probability
+    assert len(some) == 12 and np.abs(got.to_numpy() - some.prob.to_numpy()).max() < 1e-5
 
 
 @smoke_store
