@@ -208,8 +208,8 @@ def fold_table(latest:dict) -> pd.DataFrame:
 
 # %% ../nbs/12_jobs.ipynb #7629b984
 TIME_STAGES = {'start-up': ('startup_s', 'setup_s'), 'data & tokens': ('data_s', 'encode_cache_s'),
-               'training': ('train_s', 'probe_s'), 'dev scoring': ('dev_s',), 'test scoring': ('test_s',),
-               'logging': ('log_s',), 'HTML': ('html_s',)}
+               'training': ('train_s', 'probe_s', 'sentence_probe_s'), 'dev scoring': ('dev_s',),
+               'test scoring': ('test_s',), 'logging': ('log_s',), 'HTML': ('html_s',)}
 
 def time_table(metrics:dict) -> pd.DataFrame:
     "Seconds per stage (columns, then `other` and `wall`) of each fold (rows) from `{fold: run metrics}`."
