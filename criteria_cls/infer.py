@@ -20,6 +20,7 @@ from .metrics import Calibration
 from .artifacts import load_fold_model
 from .data import split_sentences
 from .evidence import sentence_scores, top_evidence
+from .sentence_probe import SentenceProbe, load_probe
 
 # %% auto #0
 __all__ = ['POST_COLUMNS', 'TEXT_COLUMNS', 'criterion_texts', 'row_problem', 'normalize_pairs', 'FoldScorer', 'common_prefix_len',
@@ -79,9 +80,11 @@ def normalize_pairs(pairs, known:dict, lines=None, where:str='input', texts:bool
 class FoldScorer:
     "One fold model with its tokenizer, prompt encoder, threshold, criteria and calibration (scores → probabilities)."
     def __init__(self, model, tokenizer, p, threshold:float, criteria:pd.DataFrame|None=None,
-                 info:dict|None=None, folder=None, calibration:Calibration|None=None):
+                 info:dict|None=None, folder=None, calibration:Calibration|None=None,
+                 probe:SentenceProbe|None=None):
         self.model, self.tok, self.p, self.threshold = model.eval(), tokenizer, p, float(threshold)
         self.calibration = calibration or Calibration()   # the threshold is on its scale
+        self.probe = probe            # a sentence probe blended into its scores (`sentence_probe`; None: none)
         self.criteria, self.info, self.folder = criteria, dict(info or {}), folder
         self.encoder = PromptEncoder.from_params(tokenizer, p)
         self.posts = PostEncoder.from_params(tokenizer, p)
@@ -103,13 +106,21 @@ class FoldScorer:
                 and not self.encoder.pair_form and self.pad_id is not None
                 and getattr(self.model, 'pooling', 'last') == 'last')
 
+# %% ../nbs/08_infer.ipynb #fcc5e57f
+@patch
+def blend(self:FoldScorer, posts:list, ids:list|None, prob) -> np.ndarray:
+    "The fine-tuned probabilities `prob` of (post, criterion id) pairs, blended with the sentence probe if any."
+    if self.probe is None or ids is None: return np.asarray(prob, dtype=float)
+    return self.probe.blend_posts(prob, list(posts), list(ids), progress=False)
+
 # %% ../nbs/08_infer.ipynb #0a60e3cc
 @patch
 def proba(self:FoldScorer, posts:list, criteria:list, batch_size:int=32, ids:list|None=None) -> np.ndarray:
     "Probabilities for (post, criterion) pairs: by criterion text (pair head), or by criterion id (`ids`, multi head)."
     if self.multi: return self.proba_ids(posts, ids, batch_size)
-    return self.calibration.apply(score(self.model, self.tok, self.encoder.encode_many(list(posts), list(criteria)),
-                                        batch_size, self.precision, max_tokens=self.p.train.eval_max_batch_tokens))
+    P = score(self.model, self.tok, self.encoder.encode_many(list(posts), list(criteria)), batch_size, self.precision,
+              max_tokens=self.p.train.eval_max_batch_tokens)
+    return self.calibration.apply(self.blend(posts, ids, P))
 
 # %% ../nbs/08_infer.ipynb #57b8b5dc
 @patch
@@ -122,7 +133,7 @@ def proba_ids(self:FoldScorer, posts:list, ids:list, batch_size:int=32) -> np.nd
     P = score(self.model, self.tok, self.posts.encode_posts(uniq), batch_size, self.precision, self.crit_seqs,
               max_tokens=self.p.train.eval_max_batch_tokens).reshape(len(uniq), -1)
     row = {x: i for i, x in enumerate(uniq)}
-    return self.calibration.apply(P[[row[x] for x in posts], [self.col[c] for c in ids]])
+    return self.calibration.apply(self.blend(posts, ids, P[[row[x] for x in posts], [self.col[c] for c in ids]]))
 
 # %% ../nbs/08_infer.ipynb #6d0d870c
 def common_prefix_len(seqs:list) -> int:
@@ -167,11 +178,12 @@ def screen_proba(self:FoldScorer, post:str, criteria:list, reuse:bool|None=None,
     if self.multi: return self.proba_ids([post] * len(ids), ids, 1)
     reuse = self.can_reuse if reuse is None else reuse
     if not reuse or len(criteria) < 2:
-        return self.proba([post] * len(criteria), criteria, batch_size=max(1, len(criteria)))
+        return self.proba([post] * len(criteria), criteria, batch_size=max(1, len(criteria)), ids=ids)
     if not self.can_reuse:
         raise InputError("prefix reuse needs a decoder model and a template with {post} before {criterion}")
     seqs = [e['input_ids'] for e in self.encoder.encode_many([post] * len(criteria), list(criteria))]
-    return self.calibration.apply(to_proba(self.prefix_logits(seqs)).cpu().numpy().astype(np.float64))
+    P = to_proba(self.prefix_logits(seqs)).cpu().numpy().astype(np.float64)
+    return self.calibration.apply(self.blend([post] * len(criteria), ids, P))
 
 # %% ../nbs/08_infer.ipynb #c2b76d02
 def merged(model):
@@ -188,7 +200,7 @@ def load_folder(folder, merge:bool=True) -> FoldScorer:
     if not folder.is_dir(): raise InputError(f"{folder}: no such model folder")
     fm = load_fold_model(folder, 'cuda' if torch.cuda.is_available() else 'cpu')
     return FoldScorer(merged(fm.model) if merge else fm.model, fm.tokenizer, fm.params, fm.threshold, fm.criteria,
-                      fm.extra, folder, fm.calibration)
+                      fm.extra, folder, fm.calibration, load_probe(folder, fm.params.model.cache_dir))
 
 # %% ../nbs/08_infer.ipynb #149ab620
 @dataclass
@@ -273,6 +285,7 @@ def sentence_evidence(self:FoldScorer, post:str, ids:list) -> pd.DataFrame:
     _, per = score(self.model, self.tok, self.posts.encode_posts([post]), 1, self.precision, self.crit_seqs,
                    max_tokens=self.p.train.eval_max_batch_tokens, pieces=True)
     s = sentence_scores(['post'], self.posts.piece_sentences([post]), per, list(self.col))
+    if self.probe is not None: s = self.probe.blend_sentences(s, {'post': post}, False)
     return s[s.criterion_id.isin(list(ids))].reset_index(drop=True)
 
 # %% ../nbs/08_infer.ipynb #efddc652

@@ -16,7 +16,7 @@ from .metrics import (binary_metrics, bootstrap_ci, criterion_table, evidence_ra
 from .metrics import Calibration, calibration_metrics
 from .artifacts import save_fold_model
 from .evidence import cosine_sentence_scores
-from .train import FoldResult, calibrate_result, torch_setup, train_fold
+from .train import FoldResult, calibrate_result, probe_fold, torch_setup, train_fold
 from . import tracking
 from .registry import ensemble_threshold
 from .report import origin_line
@@ -186,6 +186,7 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     data_s = time.perf_counter() - t0
     result = train_fold(p, parts['train'], parts['dev'], parts['test'], table.criteria, progress=progress,
                         sentences=table.sentences)
+    result, probe = probe_fold(p, result, parts, table.sentences)   # model.sentence_probe blended, threshold again
     result = calibrate_result(p, result)    # fitted on dev; dev, test and the threshold mapped by it
     tl = time.perf_counter()
     result.timings['data_s'] = data_s
@@ -199,6 +200,7 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
                                 result.criteria, {'fold': k, 'run_id': run_id, 'best_epoch': result.best_epoch,
                                                   'test_f1': m['f1'], 'threshold_raw': result.threshold_raw},
                                 result.calibration)
+    if probe is not None: probe.save(model_dir)
     tracking.log_artifact(client, run_id, model_dir, 'model')
     t1 = time.perf_counter()
     result.timings.update(log_s=t1 - tl, job_s=t1 - t0)
@@ -223,8 +225,8 @@ def fold_table(latest:dict) -> pd.DataFrame:
 
 # %% ../nbs/12_jobs.ipynb #7629b984
 TIME_STAGES = {'start-up': ('startup_s', 'setup_s'), 'data & tokens': ('data_s', 'encode_cache_s'),
-               'training': ('train_s', 'probe_s'), 'dev scoring': ('dev_s',), 'test scoring': ('test_s',),
-               'logging': ('log_s',), 'HTML': ('html_s',)}
+               'training': ('train_s', 'probe_s', 'sentence_probe_s'), 'dev scoring': ('dev_s',),
+               'test scoring': ('test_s',), 'logging': ('log_s',), 'HTML': ('html_s',)}
 
 def time_table(metrics:dict) -> pd.DataFrame:
     "Seconds per stage (columns, then `other` and `wall`) of each fold (rows) from `{fold: run metrics}`."

@@ -21,12 +21,13 @@ from .cache import embeddings_module, frozen_layers, layer_list
 from .scoring import token_batches
 from .tasks import Epoch, Task, make_task, shares_prefix
 from .probe import probe_head
+from .sentence_probe import SentenceProbe, fit_fold_probe
 
 # %% auto #0
 __all__ = ['torch_setup', 'sentence_targets', 'train_step', 'make_optimizer', 'dev_record', 'KeepBest', 'stop_metric',
            'train_mode', 'Stopwatch', 'FoldResult', 'pairs_criteria', 'Fold', 'prepare_fold', 'fold_tasks', 'Fit',
            'start_fit', 'warm_start', 'optimizer_step', 'fit_epoch', 'score_test', 'occluded_pairs',
-           'occlusion_faithfulness', 'train_fold', 'calibrate_result']
+           'occlusion_faithfulness', 'train_fold', 'calibrate_result', 'probe_fold']
 
 # %% ../nbs/06c_train.ipynb #6cc6be18
 def torch_setup(p, threads:int|None=None):
@@ -401,7 +402,8 @@ def occluded_pairs(pairs:pd.DataFrame,   # pairs with the post's `text`
 # %% ../nbs/06c_train.ipynb #557376d3
 def occlusion_faithfulness(f:Fold, test_pairs:pd.DataFrame,  # the test pairs, with `text`
                       test:pd.DataFrame,                # their predictions (`score_test`)
-                      scores:pd.DataFrame, k:int=1) -> pd.DataFrame:
+                      scores:pd.DataFrame, k:int=1,
+                      probe:SentenceProbe|None=None) -> pd.DataFrame:  # a sentence probe blended in (`probe_fold`)
     "Positive test pairs: ERASER comprehensiveness and sufficiency of their top `k` sentences, by occlusion."
     pos = test_pairs.reset_index(drop=True)[test.label.to_numpy() == 1]
     without, only = occluded_pairs(pos, scores, k)
@@ -409,6 +411,8 @@ def occlusion_faithfulness(f:Fold, test_pairs:pd.DataFrame,  # the test pairs, w
     if not len(without): return pd.DataFrame(columns=cols)
     score = lambda d: make_task(f.p, f.model, f.tokenizer, d, f.criteria, f.shared).score(
         f.model, f.p.train.eval_batch_size, f.precision)
+    if probe is not None:     # the blended model: the fine-tuned part and the probe, both on the occluded text
+        ft = score; score = lambda d: probe.blend_posts(ft(d), d.text.tolist(), d.criterion_id.tolist(), False)
     full = without[['pair_post_id', 'criterion_id']].merge(
         test.rename(columns={'post_id': 'pair_post_id'}), how='left').prob.to_numpy()
     out = faithfulness(full, score(without), score(only))
@@ -442,7 +446,8 @@ def train_fold(p,                              # resolved params
     if test_pairs is not None:
         with sw('test'):
             test, evidence = score_test(f, test_pairs)
-            faith = occlusion_faithfulness(f, test_pairs, test, evidence) if evidence is not None else None
+            faith = None if evidence is None or p.model.sentence_probe else occlusion_faithfulness(
+                f, test_pairs, test, evidence)     # with a sentence probe: `probe_fold` measures the blend's
     best = fit.keep.best
     return FoldResult(fit.history, best['rec']['epoch'], best['rec']['dev_threshold'],
                       _predictions(dev_pairs, best['prob']), test, sw.timings(), f.model, f.tokenizer, f.criteria,
@@ -457,3 +462,27 @@ def calibrate_result(p, r:FoldResult) -> FoldResult:
     put = lambda d: None if d is None else d.assign(prob=cal.apply(raw(d)), prob_raw=raw(d))
     return replace(r, dev_predictions=put(dev), test_predictions=put(r.test_predictions), threshold=cal.apply(thr),
                    threshold_raw=thr, calibration=cal)
+
+# %% ../nbs/06c_train.ipynb #6f3f9c79
+def probe_fold(p, r:FoldResult, parts:dict,        # the fold's train, dev (and test) pairs, with `text`
+               sentences:pd.DataFrame|None=None, progress=None) -> tuple:
+    "`(r blended with a sentence probe fitted on the train posts, the probe)`; `(r, None)` without one asked."
+    if not p.model.sentence_probe: return r, None
+    t0, crit = time.perf_counter(), list(r.criteria.criterion_id)
+    probe = fit_fold_probe(p, parts['train'], sentences, crit, progress)
+    f = Fold(p, r.model, r.tokenizer, r.criteria, r.precision or 'no')
+    texts = {k: t for d in parts.values() if d is not None for k, t in zip(d.post_id, d.text)}
+    dev, test_pairs = r.dev_predictions, parts.get('test')
+    dev_sentences = score_test(f, parts['dev'])[1]   # the fine-tuned model's dev sentence scores (None: it has none)
+    probe.set_scales(dev.prob, [texts[x] for x in dev.post_id], dev.criterion_id.tolist(), dev_sentences, texts,
+                     progress)
+    blend = lambda d: None if d is None else d.assign(
+        prob=probe.blend_posts(d.prob, [texts[x] for x in d.post_id], d.criterion_id.tolist(), progress))
+    dev, test = blend(dev), blend(r.test_predictions)
+    ts = None if r.test_sentences is None else probe.blend_sentences(r.test_sentences, texts, progress)
+    faith = r.test_faithfulness
+    if ts is not None and test is not None: faith = occlusion_faithfulness(f, test_pairs, test, ts, probe=probe)
+    thr = best_threshold(dev.label, dev.prob, p.metrics.threshold_step, p.metrics.select)
+    timings = {**r.timings, 'sentence_probe_s': time.perf_counter() - t0}
+    return replace(r, dev_predictions=dev, test_predictions=test, test_sentences=ts, test_faithfulness=faith,
+                   threshold=thr, timings=timings), probe
