@@ -165,6 +165,22 @@ def _save_evidence(client, run_id:str, result:FoldResult, out:Path, stem:str):
         t.to_csv(out / f'{stem}_{name}.csv', index=False)
         tracking.log_frame(client, run_id, t, name)
 
+# %% ../nbs/12_jobs.ipynb #24b651a2
+def _save_fold_outputs(client, run, result:FoldResult, test:pd.DataFrame, m:dict, probe, out:Path, p):
+    "Write a trained fold's predictions, evidence and model folder (with its probe) under `out` and log the model."
+    run_id, k = run.info.run_id, int(run.data.tags.get('fold', -1))
+    stem = f'fold_{k}' if run.data.tags.get('kind') == 'fold' else 'holdout'
+    test.to_csv(out / f'{stem}_test_predictions.csv', index=False)
+    _save_evidence(client, run_id, result, out, stem)
+    if stem == 'holdout' and (ev := holdout_evidence(p, test, result.test_sentences)):
+        log_holdout_evidence(client, run_id, ev, out)
+    model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold,
+                                result.criteria, {'fold': k, 'run_id': run_id, 'best_epoch': result.best_epoch,
+                                                  'test_f1': m['f1'], 'threshold_raw': result.threshold_raw},
+                                result.calibration)
+    if probe is not None: probe.save(model_dir)
+    tracking.log_artifact(client, run_id, model_dir, 'model')
+
 # %% ../nbs/12_jobs.ipynb #4fb989f6
 def fold_job(run_id:str,                  # the fold's (or holdout's) child run
              tracking_uri:str,            # the store it is in
@@ -191,17 +207,7 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
     tl = time.perf_counter()
     result.timings['data_s'] = data_s
     test, m = log_fold(client, run_id, result, k)
-    stem = f'fold_{k}' if run.data.tags.get('kind') == 'fold' else 'holdout'
-    test.to_csv(out / f'{stem}_test_predictions.csv', index=False)
-    _save_evidence(client, run_id, result, out, stem)
-    if stem == 'holdout' and (ev := holdout_evidence(p, test, result.test_sentences)):
-        log_holdout_evidence(client, run_id, ev, out)
-    model_dir = save_fold_model(out / f'{stem}_model', result.model, result.tokenizer, p, result.threshold,
-                                result.criteria, {'fold': k, 'run_id': run_id, 'best_epoch': result.best_epoch,
-                                                  'test_f1': m['f1'], 'threshold_raw': result.threshold_raw},
-                                result.calibration)
-    if probe is not None: probe.save(model_dir)
-    tracking.log_artifact(client, run_id, model_dir, 'model')
+    _save_fold_outputs(client, run, result, test, m, probe, out, p)
     t1 = time.perf_counter()
     result.timings.update(log_s=t1 - tl, job_s=t1 - t0)
     tracking.log_metrics(client, run_id, {'time_log_s': t1 - tl, 'time_job_s': t1 - t0})
