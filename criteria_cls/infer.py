@@ -233,10 +233,12 @@ class Predictor:
 @patch(cls_method=True)
 def from_scorers(cls:Predictor, scorers:list, threshold:float|None=None, source:str='', meta:dict|None=None
                 ) -> Predictor:
-    "A predictor over loaded fold scorers (threshold: the fold's own, or the median over folds)."
+    "A predictor over fold scorers (threshold: the fold's own, or the median; `meta['calibration']`: one for all)."
     if not scorers: raise InputError('no model folders given')
     thr = float(np.median([s.threshold for s in scorers])) if threshold is None else float(threshold)
     p = scorers[0].p
+    if (meta or {}).get('calibration'):   # an ensemble's one calibration (pooled dev) replaces each member's own
+        for s in scorers: s.calibration = Calibration.from_dict(meta['calibration'])
     meta = {'backbone': p.model.backbone, 'peft': p.model.peft, 'members': len(scorers), **(meta or {})}
     return cls(scorers, thr, scorers[0].criteria, source, meta)
 

@@ -14,11 +14,12 @@ from .splits import fold_pairs, read_folds, small_dev_note, train_dev_split
 from .metrics import (binary_metrics, bootstrap_ci, criterion_table, evidence_ranking, evidence_table,
                                   tfidf_baseline)
 from .metrics import Calibration, calibration_metrics
+from scipy.special import expit, logit
 from .artifacts import save_fold_model
 from .evidence import cosine_sentence_scores
 from .train import FoldResult, calibrate_result, probe_fold, torch_setup, train_fold
 from . import tracking
-from .registry import ensemble_threshold
+from .registry import ensemble_calibration, ensemble_threshold
 from .report import origin_line
 
 # %% auto #0
@@ -26,7 +27,8 @@ __all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'CAL_COLUMNS', 'run_name', 'r
            'run_parts', 'log_calibration', 'log_fold', 'FoldOutcome', 'tag_small_dev', 'small_dev_tags', 'fold_job',
            'fold_table', 'time_table', 'always_yes_f1', 'CVSummary', 'cv_summary', 'evidence_doc', 'holdout_evidence',
            'log_holdout_evidence', 'faithfulness_doc', 'fold_calibrations', 'calibration_doc', 'calibration_line',
-           'summary_markdown', 'Aggregate', 'ensemble_doc', 'with_post_text', 'aggregate_job']
+           'summary_markdown', 'Aggregate', 'ensemble_doc', 'with_post_text', 'pooled_calibration', 'oof_predictions',
+           'aggregate_job']
 
 # %% ../nbs/12_jobs.ipynb #bbe7365b
 def run_name(p) -> str:
@@ -384,17 +386,20 @@ def calibration_doc(preds:pd.DataFrame,  # pooled out-of-fold test predictions: 
 
 # %% ../nbs/12_jobs.ipynb #17deb946
 def calibration_line(c:dict) -> str:
-    "The `calibration` section in one paragraph of `summary.md`: what each fold chose, ECE, Brier, ROC-AUC."
+    "The `calibration` section in one paragraph of `summary.md`: which map, ECE, Brier, ROC-AUC."
     fmt = lambda v: '–' if v is None else f'{v:.3f}'
-    methods = {k: f['method'] for k, f in c['per_fold'].items()}
+    folds = ', '.join(f"fold {k}: {f['method']}" for k, f in c['per_fold'].items())
+    pm = (c.get('pooled_dev') or {}).get('method')
     o, a = c['oof'], c['roc_auc']
-    word = 'probabilities' if all(m != 'none' for m in methods.values()) else 'scores'
-    return (f"Calibration, fitted on each fold's dev part ({', '.join(f'fold {k}: {m}' for k, m in methods.items())}): "
-            f"pooled out-of-fold {word} have ECE {fmt(o['ece'])} (raw scores {fmt(o['ece_raw'])}) and Brier "
-            f"{fmt(o['brier'])} (raw {fmt(o['brier_raw'])}); pooled ROC-AUC {fmt(a['pooled'])} (raw "
-            f"{fmt(a['pooled_raw'])}) against the folds' own {fmt(a['fold_mean'])} on average. ECE is the average gap "
-            f"between the score and the observed share of matches ({c['bins']} equal-width bins, weighted by pairs); "
-            f"Brier the mean squared difference between the score and the 0/1 label; lower is better for both.")
+    how = (f"one map ({pm}) fitted on the pooled dev predictions of all folds, the one the released ensemble uses "
+           f"(each fold's own, for its single model: {folds})" if pm else f"fitted on each fold's dev part ({folds})")
+    calibrated = pm != 'none' if pm else all(f['method'] != 'none' for f in c['per_fold'].values())
+    return (f"Calibration, {how}: pooled out-of-fold {'probabilities' if calibrated else 'scores'} have ECE "
+            f"{fmt(o['ece'])} (raw scores {fmt(o['ece_raw'])}) and Brier {fmt(o['brier'])} (raw "
+            f"{fmt(o['brier_raw'])}); pooled ROC-AUC {fmt(a['pooled'])} (raw {fmt(a['pooled_raw'])}) against the "
+            f"folds' own {fmt(a['fold_mean'])} on average. ECE is the average gap between the score and the observed "
+            f"share of matches ({c['bins']} equal-width bins, weighted by pairs); Brier the mean squared difference "
+            f"between the score and the 0/1 label; lower is better for both.")
 
 # %% ../nbs/12_jobs.ipynb #d1e58181
 def summary_markdown(s:dict) -> str:
@@ -523,6 +528,34 @@ def _fold_tables(client, latest:dict, n:int, table:str) -> pd.DataFrame|None:
     out['post_id'] = out.post_id.astype(str)
     return out
 
+# %% ../nbs/12_jobs.ipynb #de63ef63
+def _raw_threshold(thr:float, fold_cal:pd.Series) -> float:
+    "A fold's threshold before its own calibration (`fold_calibrations` row: method, scale, bias)."
+    if fold_cal['method'] == 'none': return float(thr)
+    return float(expit((logit(np.clip(thr, 1e-6, 1 - 1e-6)) - fold_cal.calibration_bias) / fold_cal.calibration_scale))
+
+def pooled_calibration(preds:pd.DataFrame,   # pooled test predictions: post_id, fold, label, prob, prob_raw, threshold
+                       dev:pd.DataFrame,     # the folds' `dev_predictions`, pooled
+                       fold_cal:pd.DataFrame, # `fold_calibrations`
+                       method:str='auto', seed:int=0) -> tuple:
+    "`(preds on one scale, the calibration)`: the ensemble's (`registry.ensemble_calibration`, fitted on the pooled"
+    "dev scores) applied to `prob_raw` and to each fold's threshold before its own calibration (decisions unchanged)."
+    if 'prob_raw' not in preds or 'prob_raw' not in dev: return preds, {}
+    cal, out, own = ensemble_calibration(dev, method, seed), preds.copy(), fold_cal.set_index('fold')
+    out['prob'] = cal.apply(preds.prob_raw.to_numpy())
+    for k, g in preds.groupby('fold'):
+        out.loc[g.index, 'threshold'] = cal.apply(_raw_threshold(g.threshold.iloc[0], own.loc[k]))
+    return out, cal.to_dict()
+
+# %% ../nbs/12_jobs.ipynb #10cdf886
+def oof_predictions(client, latest:dict, n:int, p) -> tuple:
+    "`(the folds' test predictions on one calibrated scale (`pooled_calibration`), that calibration)`."
+    load = lambda name: pd.concat([tracking.load_frame(client, latest[k].info.run_id, name) for k in range(n)],
+                                  ignore_index=True)
+    preds = load('test_predictions')
+    preds['post_id'] = preds.post_id.astype(str)
+    return pooled_calibration(preds, load('dev_predictions'), fold_calibrations(latest), p.metrics.calibration, p.seed)
+
 # %% ../nbs/12_jobs.ipynb #42b123cc
 def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None) -> Aggregate:
     "Pool the child runs of a CV: metrics with CIs, spread over folds, baseline; write and log the summary files."
@@ -534,9 +567,7 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
     if missing:
         raise InputError(f"run {parent_id}: folds {missing} have no FINISHED child run; run them "
                          f"(criteria-cls cv --resume {parent_id}) before aggregating")
-    preds = pd.concat([tracking.load_frame(client, latest[k].info.run_id, 'test_predictions') for k in range(n)],
-                      ignore_index=True)
-    preds['post_id'] = preds.post_id.astype(str)
+    preds, oof_cal = oof_predictions(client, latest, n, p)
     folds, table = fold_table(latest), load_table(p)
     base = tfidf_baseline(table, cv.folds['folds'], p.metrics.threshold_step, metric=p.metrics.select)
     names = dict(zip(table.criteria.criterion_id, table.criteria.name))
@@ -557,6 +588,7 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
         tracking.log_metrics(client, parent_id, {f'evidence_{m}': v for m, v in {**ranks, **faith}.items()})
     s.doc['ensemble'] = ensemble_doc(client, latest)
     s.doc['calibration'] = cal = calibration_doc(preds, fold_calibrations(latest), folds.roc_auc)
+    cal['pooled_dev'] = oof_cal
     tracking.log_metrics(client, parent_id, {f'oof_{k}': v for k, v in cal['oof'].items()})
     for f in _write_summary(out, s, with_post_text(preds, table.posts), folds):
         tracking.log_artifact(client, parent_id, f, 'summary')

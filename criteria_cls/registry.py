@@ -16,13 +16,14 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 from .config import InputError
 from .infer import POST_COLUMNS, TEXT_COLUMNS, Predictor, _first, load_folder, row_problem
-from .metrics import best_threshold
+from .metrics import Calibration, best_threshold, fit_calibration
 from . import tracking
 
 # %% auto #0
-__all__ = ['PYFUNC_CONFIG', 'pooled_dev_threshold', 'ensemble_threshold', 'fold_members', 'RunModels', 'resolve_run',
-           'pyfunc_members', 'load_predictor', 'evidence_column', 'request_rows', 'RequestError', 'CriteriaClsModel',
-           'pyfunc_signature', 'smoke_profile', 'members_phrase', 'describe_run', 'default_model_name', 'register']
+__all__ = ['PYFUNC_CONFIG', 'pooled_dev_threshold', 'ensemble_calibration', 'ensemble_threshold', 'fold_members', 'RunModels',
+           'resolve_run', 'pyfunc_members', 'load_predictor', 'evidence_column', 'request_rows', 'RequestError',
+           'CriteriaClsModel', 'pyfunc_signature', 'smoke_profile', 'members_phrase', 'describe_run',
+           'default_model_name', 'register']
 
 # %% ../nbs/09_registry.ipynb #8a6c7625
 def pooled_dev_threshold(dev:pd.DataFrame,  # the fold runs' `dev_predictions`, concatenated: label, prob per pair
@@ -35,9 +36,19 @@ def pooled_dev_threshold(dev:pd.DataFrame,  # the fold runs' `dev_predictions`, 
     if not len(dev): raise InputError("no dev predictions to tune the fold ensemble's threshold on")
     return best_threshold(dev.label.to_numpy(), dev.prob.to_numpy(), step, select)
 
+# %% ../nbs/09_registry.ipynb #3f91a79d
+def _raw(dev:pd.DataFrame) -> pd.Series: return dev.prob_raw if 'prob_raw' in dev else dev.prob
+
+def ensemble_calibration(dev:pd.DataFrame,   # the fold runs' `dev_predictions`, pooled: post_id, label, prob(_raw)
+                         method:str='auto',  # `metrics.calibration`
+                         seed:int=0) -> Calibration:
+    "The ensemble's one calibration, for every member: fitted on the pooled dev scores before each fold's own."
+    return fit_calibration(dev.label.to_numpy(), _raw(dev).to_numpy(), method, seed,
+                           dev.post_id.astype(str).to_numpy())
+
 # %% ../nbs/09_registry.ipynb #6d390918
 def ensemble_threshold(client, runs:list) -> dict:
-    "`threshold`, `dev_pairs`, `select`, `threshold_step` of fold runs' ensemble, from their `dev_predictions` only."
+    "Threshold, dev pairs, select, step and calibration of fold runs' ensemble, from `dev_predictions` only."
     parts = []
     for r in runs:
         rid, tags = r.info.run_id, r.data.tags
@@ -51,8 +62,9 @@ def ensemble_threshold(client, runs:list) -> dict:
     ps = runs[0].data.params
     select, step = ps.get('metrics.select', 'f1'), float(ps.get('metrics.threshold_step', 0.01))
     dev = pd.concat(parts, ignore_index=True)
-    return {'threshold': pooled_dev_threshold(dev, select, step), 'dev_pairs': len(dev), 'select': select,
-            'threshold_step': step}
+    cal = ensemble_calibration(dev, ps.get('metrics.calibration', 'none'), int(ps.get('seed', 0)))
+    return {'threshold': pooled_dev_threshold(dev.assign(prob=cal.apply(_raw(dev))), select, step),
+            'dev_pairs': len(dev), 'select': select, 'threshold_step': step, 'calibration': cal.to_dict()}
 
 # %% ../nbs/09_registry.ipynb #c85c85b2
 def fold_members(client, run,

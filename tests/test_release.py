@@ -36,8 +36,8 @@ def released(store:str, name:str, version:int) -> dict:
 def test_register_never_reads_a_test_score(smoke_cv, tmp_path):
     from mlflow import MlflowClient
     from criteria_cls import tracking
-    from criteria_cls.metrics import best_threshold
-    from criteria_cls.registry import ensemble_threshold, register
+    from criteria_cls.metrics import Calibration, best_threshold
+    from criteria_cls.registry import ensemble_calibration, ensemble_threshold, register
     store, pid = copy_store(smoke_cv['tmp'], tmp_path), smoke_cv['parent'].info.run_id
     client = MlflowClient(store)
     kids = tracking.latest_fold_runs(client, pid)
@@ -45,7 +45,9 @@ def test_register_never_reads_a_test_score(smoke_cv, tmp_path):
     # what it ships: every fold, at the threshold of the pooled dev predictions (recomputed here from their tables)
     dev = pd.concat([tracking.load_frame(client, r.info.run_id, 'dev_predictions') for r in kids.values()])
     ps = smoke_cv['parent'].data.params
-    thr = best_threshold(dev.label, dev.prob, float(ps['metrics.threshold_step']), ps['metrics.select'])
+    cal = ensemble_calibration(dev, ps['metrics.calibration'], int(ps['seed']))    # one calibration for all folds
+    thr = best_threshold(dev.label, cal.apply(dev.prob_raw), float(ps['metrics.threshold_step']), ps['metrics.select'])
+    before_thr = float(before['tags']['threshold'])
     assert before['tags']['members'] == ', '.join(f'fold_{k}' for k in sorted(kids)) and len(kids) == 2
     assert before['tags']['threshold'] == f'{thr:.4f}' == f"{smoke_cv['summary']['ensemble']['threshold']:.4f}"
     assert before['tags']['what'] == (f'ensemble of 2 fold models, threshold {thr:.2f} tuned on the pooled '
@@ -73,11 +75,14 @@ def test_register_never_reads_a_test_score(smoke_cv, tmp_path):
     assert after['tags']['cv_f1'] == '0.0000' != before['tags']['cv_f1']     # what it reports did change
     a, b = released(store, 'release-test', before['version']), released(store, 'release-test', after['version'])
     assert (a['members'], a['threshold'], a['files']) == (b['members'], b['threshold'], b['files'])
-    same = ('kind', 'folds', 'dev_pairs', 'threshold', 'select')
+    same = ('kind', 'folds', 'dev_pairs', 'threshold', 'select', 'calibration')
     assert {k: a['meta'][k] for k in same} == {k: b['meta'][k] for k in same}
 
-    # the dev predictions are what it is tuned on: every positive at 0.3 and negative at 0.1 move it to 0.3
+    # the dev predictions are what it is tuned on: every positive at 0.3 and negative at 0.1 (before calibration)
+    # moves it between the two
     for r in kids.values():
         d = tracking.load_frame(client, r.info.run_id, 'dev_predictions')
-        tracking.log_frame(client, r.info.run_id, d.assign(prob=0.1 + 0.2 * d.label), 'dev_predictions')
-    assert abs(ensemble_threshold(client, list(kids.values()))['threshold'] - 0.3) < 1e-9
+        tracking.log_frame(client, r.info.run_id, d.assign(prob_raw=0.1 + 0.2 * d.label), 'dev_predictions')
+    e = ensemble_threshold(client, list(kids.values()))
+    c = Calibration.from_dict(e['calibration'])
+    assert c.apply(0.1) < e['threshold'] <= c.apply(0.3) and e['threshold'] != before_thr
