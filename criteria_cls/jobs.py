@@ -466,7 +466,7 @@ def ensemble_doc(client, latest:dict) -> dict:
     runs = [latest[k] for k in sorted(latest)]
     e = ensemble_threshold(client, runs)
     return {'folds': sorted(latest), 'run_ids': [r.info.run_id for r in runs], 'threshold': _r4(e['threshold']),
-            'dev_pairs': e['dev_pairs'], 'select': e['select']}
+            'dev_pairs': e['dev_pairs'], 'select': e['select'], 'calibration': e['calibration']}
 
 # %% ../nbs/12_jobs.ipynb #cb23aa98
 def _write_summary(out:Path, s:CVSummary, preds:pd.DataFrame, folds:pd.DataFrame) -> list:

@@ -20,7 +20,7 @@ def model(smoke_cv):
             'env': smoke_cv['env'],
             'tmp': smoke_cv['tmp'], 'predictor': Predictor.from_folders([folder]),
             'ensemble': Predictor.from_folders([smoke_cv['dir'] / f'fold_{k}_model' for k in ens['folds']],
-                                               ens['threshold']),
+                                               ens['threshold'], meta={'calibration': ens['calibration']}),
             'criteria': ['A1', 'A4', 'A9'], 'ens': ens}
 
 

@@ -64,9 +64,12 @@ def test_serve_invocations(registered):
     try:
         wait_ready(proc, base)
         url = base + '/invocations'
-        # good rows, in two request formats; the scores of the fold ensemble: the mean of the fold folders
+        # good rows, in two request formats; the scores of the fold ensemble: the mean of the fold folders, each
+        # under the ensemble's one calibration
         from criteria_cls.infer import Predictor
-        want = Predictor.from_folders(registered['folds'], registered['predictor'].threshold).predict(PAIRS)
+        pred = registered['predictor']
+        want = Predictor.from_folders(registered['folds'], pred.threshold,
+                                      meta={'calibration': pred.meta['calibration']}).predict(PAIRS)
         np.testing.assert_allclose(registered['predictor'].predict(PAIRS).probability.values, want.probability.values,
                                    atol=1e-6)
         for body in ({'dataframe_records': PAIRS},
