@@ -76,14 +76,18 @@ def top_evidence(scores:pd.DataFrame,  # `sentence_scores` rows
 
 # %% ../nbs/05g_evidence.ipynb #09e12625
 def embed_texts(backbone, tok, texts:list, pooling:str='mean', batch_size:int=64, max_length:int=128) -> np.ndarray:
-    "Unit-length vectors of `texts` under a frozen backbone (its pooling), `[texts, H]`."
-    out = []
+    "Unit-length vectors of `texts` under a frozen backbone (its pooling), `[texts, H]`; batched by length."
+    order, out = np.argsort([len(t) for t in texts], kind='stable'), []
     with torch.inference_mode():
         for s in range(0, len(texts), batch_size):
-            b = tok(texts[s:s + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors='pt')
+            batch = [texts[i] for i in order[s:s + batch_size]]
+            b = tok(batch, padding=True, truncation=True, max_length=max_length, return_tensors='pt')
             h = backbone(input_ids=b['input_ids'], attention_mask=b['attention_mask']).last_hidden_state
             out.append(torch.nn.functional.normalize(pool(h, b['attention_mask'], pooling).float(), dim=-1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, backbone.config.hidden_size))
+    if not out: return np.zeros((0, backbone.config.hidden_size))
+    X = np.empty((len(texts), out[0].shape[1]), dtype=out[0].dtype)
+    X[order] = np.concatenate(out)
+    return X
 
 def cosine_sentence_scores(p, posts:pd.DataFrame, criteria:pd.DataFrame, pairs:set|None=None) -> pd.DataFrame:
     "The zero-shot baseline's `sentence_scores`: each sentence's cosine to the description, frozen `model.backbone`."
