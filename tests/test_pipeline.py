@@ -192,7 +192,8 @@ def test_calibration_is_fitted_on_dev_and_keeps_every_decision(smoke_cv):
     assert sorted(int(k) for k in c['per_fold']) == list(range(s['folds']))
     assert c['roc_auc']['fold_mean'] == s['across_folds']['roc_auc']['mean']
     assert c['pooled_dev']['method'] in ('none', 'temperature', 'platt')     # the ensemble's one map, pooled dev
-    assert f"Calibration, one map ({c['pooled_dev']['method']}) fitted on the pooled dev" in (d / 'summary.md').read_text()
+    md = (d / 'summary.md').read_text()
+    assert f"Calibration, one map ({c['pooled_dev']['method']}) fitted on the pooled dev" in md
     assert 'Out-of-fold test pairs, pooled: reliability' in (d / 'aggregate.ipynb').read_text()
     assert 'Test fold: reliability (calibration: ' in (d / 'fold_0.ipynb').read_text()
 
