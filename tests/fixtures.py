@@ -1,4 +1,5 @@
 "Test helpers shared by the notebooks' tests (imported with `sys.path`) and by pytest."
+import socket, time, urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +32,22 @@ def needs_benchmarks(name:str=''):
         raise FileNotFoundError(f'{path} is missing although {BENCH} is there (CI=true): the test cannot be skipped')
     print(f'skipped: needs ../shared/benchmarks/{name}: real benchmark data not present at {path}')
     return None
+
+
+def free_port() -> int:
+    "A free TCP port on loopback."
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def wait_ready(proc, base:str, limit:float=180):
+    "Wait until the server `proc` started answers `base + '/ping'`; fail with its output if it exits first."
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if proc.poll() is not None:
+            raise AssertionError(f'server exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}')
+        try:
+            with urllib.request.urlopen(base + '/ping', timeout=2) as r:
+                if r.status == 200: return
+        except Exception: time.sleep(1)
+    raise AssertionError(f'server not ready after {limit} s')

@@ -2,8 +2,9 @@
 from a folder outside the repository: `cv` → the `register` command cv printed, run as printed → `screen` the
 registered model → `make serve` it (as the README says), ask with the data's field names and for every criterion
 → stop it with Ctrl-C (SIGINT to its process group): a clean exit."""
-import csv, json, os, random, shlex, signal, shutil, socket, subprocess, sys, time, urllib.error, urllib.request
+import csv, json, os, random, shlex, signal, shutil, subprocess, sys, urllib.error, urllib.request
 from pathlib import Path
+from fixtures import free_port, wait_ready
 import pandas as pd
 from conftest import ROOT
 
@@ -53,11 +54,6 @@ def run(argv, cwd, timeout=900):
     return r
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-
 def ask(url, body):
     "POST JSON: (status, parsed body)."
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={'Content-Type': 'application/json'})
@@ -72,17 +68,6 @@ def serve(model:str, store:str, cwd:Path, port:int):
             f'MODEL={model}', f'PORT={port}', f'STORE={store}']
     return subprocess.Popen(make, cwd=cwd, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-
-
-def wait_ready(proc, base, limit=180):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        assert proc.poll() is None, f'the server exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}'
-        try:
-            with urllib.request.urlopen(base + '/ping', timeout=2) as r:
-                if r.status == 200: return
-        except Exception: time.sleep(1)
-    raise AssertionError(f'server not ready after {limit} s')
 
 
 def test_the_trial_replayed(tmp_path):
@@ -117,7 +102,7 @@ def test_the_trial_replayed(tmp_path):
     port = free_port()
     proc = serve(model, store, work, port)
     try:
-        wait_ready(proc, f'http://127.0.0.1:{port}')
+        wait_ready(proc, f'http://127.0.0.1:{port}', 180)
         url = f'http://127.0.0.1:{port}/invocations'
         status, got = ask(url, {'dataframe_records': [{'text': POST, 'criterion_id': 'S'}]})
         assert status == 200, got

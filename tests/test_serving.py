@@ -1,7 +1,8 @@
 """`make serve` (what the README says to run) on a registered criteria-cls model, from a shell where the venv is not
 activated: answers equal `Predictor`'s, bad requests get a 4xx with a message."""
-import json, os, shutil, signal, socket, subprocess, sys, time, urllib.error, urllib.request
+import json, os, shutil, signal, subprocess, sys, urllib.error, urllib.request
 from pathlib import Path
+from fixtures import free_port, wait_ready
 import numpy as np
 import pytest
 
@@ -24,30 +25,12 @@ def registered(smoke_cv):
             'folds': [smoke_cv['dir'] / f'fold_{k}_model' for k in smoke_cv['summary']['ensemble']['folds']]}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def post(url, body, timeout=120):
     "POST JSON; returns (status, parsed body)."
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={'Content-Type': 'application/json'})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b'{}')
-
-
-def wait_ready(proc, base, limit=150):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        if proc.poll() is not None:
-            raise AssertionError(f'server exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}')
-        try:
-            with urllib.request.urlopen(base + '/ping', timeout=2) as r:
-                if r.status == 200: return
-        except Exception: time.sleep(1)
-    raise AssertionError(f'server not ready after {limit} s')
 
 
 def test_serve_invocations(registered):
@@ -62,7 +45,7 @@ def test_serve_invocations(registered):
                             env=env, cwd=registered['tmp'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        wait_ready(proc, base)
+        wait_ready(proc, base, 150)
         url = base + '/invocations'
         # good rows, in two request formats; the scores of the fold ensemble: the mean of the fold folders, each
         # under the ensemble's one calibration
