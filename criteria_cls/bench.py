@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_bench.ipynb #4f466778
 from __future__ import annotations
-import hashlib, threading, time
+import hashlib, json, threading, time
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import tempfile
@@ -12,7 +12,7 @@ from peft import TaskType, get_peft_model
 from transformers import (AutoModelForSequenceClassification, PrinterCallback, Trainer, TrainerCallback,
                           TrainingArguments)
 import criteria_cls
-from .config import InputError, project_root, seed_everything
+from .config import InputError, params_dict, project_root, seed_everything
 from .prompt import PromptEncoder, make_collator, pair_inputs
 from .backbones import quiet_hf, resolve_backbone
 from .architecture import device_of
@@ -29,8 +29,8 @@ from .splits import fold_pairs
 
 # %% auto #0
 __all__ = ['rss_gb', 'PeakRSS', 'with_rss', 'trainer_anchor', 'bench_sample', 'bench_train', 'format_bench_train',
-           'dev_predictions', 'crossfit_f1', 'recipe_row', 'baseline_dev', 'demo_posts', 'bench_pairs', 'format_bench',
-           'bench']
+           'fine_tune_key', 'dev_predictions', 'crossfit_f1', 'recipe_row', 'baseline_dev', 'demo_posts', 'bench_pairs',
+           'format_bench', 'bench']
 
 # %% ../nbs/10_bench.ipynb #80d629d6
 def rss_gb() -> float|None:
@@ -242,14 +242,31 @@ def format_bench_train(b:dict) -> str:
     lines += [f"note: {n}" for n in b.get('notes', [])]
     return '\n'.join(lines)
 
+# %% ../nbs/10_bench.ipynb #5e1e353c
+_FINE_TUNED = {}   # `fine_tune_key` -> a fold's `FoldResult` before the probe (the last fine-tuned params' folds)
+
+def fine_tune_key(p, table, doc:dict, k:int) -> str:
+    "What fold `k`'s fine-tuning depends on: the params without the sentence probe's keys, the data and the fold."
+    d = params_dict(p)
+    d['model'] = {a: v for a, v in d['model'].items() if not a.startswith('sentence_probe')}
+    return hashlib.sha1(json.dumps([d, id(table), doc['folds'][k]], sort_keys=True, default=str).encode()).hexdigest()
+
+def _fine_tuned(p, table, doc:dict, k:int, parts:dict):
+    key = fine_tune_key(p, table, doc, k)
+    if key not in _FINE_TUNED:
+        if len(_FINE_TUNED) >= len(doc['folds']): _FINE_TUNED.clear()
+        _FINE_TUNED[key] = train_fold(p, parts['train'], parts['dev'], parts['dev'], table.criteria, progress=False,
+                                      sentences=table.sentences)     # dev scored again as a test part: its sentences
+    return _FINE_TUNED[key]
+
+
 # %% ../nbs/10_bench.ipynb #3f112001
 def dev_predictions(p, table, doc:dict, folds=None) -> tuple:
     "`(dev predictions of every fold with its threshold and fold, seconds)`: train on each fold's train part, keep dev."
     t0, out, ev = time.perf_counter(), [], []
     for k in (folds if folds is not None else range(len(doc['folds']))):
         parts = fold_pairs(table, doc, k)
-        r = train_fold(p, parts['train'], parts['dev'], parts['dev'], table.criteria, progress=False,
-                       sentences=table.sentences)     # dev scored again as a test part: its sentence scores
+        r = _fine_tuned(p, table, doc, k, parts)
         r = probe_fold(p, r, {**parts, 'test': parts['dev']}, table.sentences, progress=False)[0]
         out.append(r.dev_predictions.assign(threshold=r.threshold, fold=k, best_epoch=r.best_epoch))
         if r.test_sentences is not None: ev.append(r.test_sentences)
