@@ -1,4 +1,4 @@
-"`criteria-cls tune` killed mid-trial and rerun: the study continues, the dead trial is retried, nothing finished is lost."
+"`criteria-cls tune` killed mid-trial and rerun: the study goes on, the dead trial retried, no finished trial lost."
 import os, signal, subprocess, time
 import optuna, yaml
 from mlflow import MlflowClient
@@ -39,7 +39,7 @@ def test_tune_killed_mid_trial_continues_on_rerun(tmp_path):
     assert 'trial 1 was left running by process' in r.stderr, r.stderr[-2000:]
     trials = optuna.load_study(study_name=name, storage=storage).trials
     assert [t.state.name for t in trials] == ['COMPLETE', 'FAIL', 'COMPLETE']   # two complete, the killed one failed
-    assert trials[2].system_attrs['failed_trial'] == 1 and trials[2].params == before[1].params   # ... and retried
+    assert trials[2].system_attrs['failed_trial'] == 1 and trials[2].params == before[1].params  # ... and retried
     assert (trials[0].datetime_complete, trials[0].value) == (before[0].datetime_complete, before[0].value)  # not rerun
     assert trials[0].user_attrs['base'] and trials[0].params == {'train.lr': 3e-3}     # the base profile is trial 0
 
