@@ -368,17 +368,17 @@ def base_values(space:Space, p) -> dict|None:
     return out
 
 # %% ../nbs/12c_tune.ipynb #bdd945d8
-def _identity(setup:StudySetup, p) -> dict:
-    "What a study is made from: base file, overrides, space file and text, the dev objective."
+def _identity(setup:StudySetup, p, doc:dict) -> dict:
+    "What a study is made from: base file, overrides, space file and text, the dev objective, the data and folds."
     return {'params_file': setup.params_file, 'overrides': setup.given, 'space_file': setup.space.file,
             'space_sha': hashlib.sha256(setup.space.text.encode()).hexdigest()[:12],
-            'objective': f'dev {p.metrics.select}'}
+            'objective': f'dev {p.metrics.select}', 'data_hash': doc['data_hash'], 'split_hash': doc['split_hash']}
 
-def open_study(setup:StudySetup, p, log=print):
+def open_study(setup:StudySetup, p, doc:dict, log=print):
     "Create the study (its identity recorded, the base queued as trial 0 where it is in the space) or load it."
     study = optuna.create_study(study_name=setup.name, storage=rdb_storage(setup.storage), direction='maximize',
                                 load_if_exists=True)
-    ident = _identity(setup, p)
+    ident = _identity(setup, p, doc)
     if not study.user_attrs.get('identity'):
         study.set_user_attr('identity', ident)
         if (bv := base_values(setup.space, p)) is not None: study.enqueue_trial(bv, user_attrs={'base': True})
@@ -544,7 +544,7 @@ def tune(params_file,              # the base profile every trial overrides
     given = list(overrides if given is None else given)
     setup = StudySetup(study or study_name(params_file, given, space), storage or default_storage(p.tracking.uri),
                        str(Path(params_file).expanduser().resolve()), list(overrides), given, space, trials)
-    st = open_study(setup, p, log)
+    st = open_study(setup, p, doc, log)
     setup = study_run(setup, p, st, doc)
     log(f"study {setup.name}: {finished(st)} of {trials} trials finished; storage {setup.storage}\n"
         f"MLflow: study run {setup.study_run} in {setup.tracking_uri}")
