@@ -13,7 +13,6 @@ from optuna.trial import TrialState
 from .config import SCHEMA, InputError, load_params, params_origin, parse_override
 from .data import load_table
 from .splits import folds_from_params
-from .bench import crossfit_f1, dev_predictions, recipe_row
 from . import tracking
 
 # %% auto #0
@@ -270,6 +269,8 @@ def _pooled(preds:list, ev:list) -> pd.DataFrame:
 
 def judge_trial(trial, p, table, doc:dict, client, rid:str, log=print) -> float:
     "Train and judge `p` fold by fold on dev (pruned by `trial`); the mean of the folds' cross-fitted dev scores."
+    # torch comes with bench: imported where trials train, so the study notebook reads a study without it
+    from criteria_cls.bench import crossfit_f1, dev_predictions, recipe_row  # noqa: PLC0415
     scores, preds, ev, t0, n, metric = [], [], [], time.perf_counter(), len(doc['folds']), p.metrics.select
     for k in range(n):
         pred, s = dev_predictions(p, table, doc, folds=[k])
