@@ -10,9 +10,9 @@ from .config import InputError, load_params
 # %% auto #0
 __all__ = ['COMMANDS', 'store_overrides', 'default_store', 'lookup_store', 'say', 'command', 'build_parser', 'main', 'data_stats',
            'cmd_data', 'add_data', 'cmd_cv', 'add_cv', 'cmd_fold', 'add_fold', 'cmd_aggregate', 'add_aggregate',
-           'cmd_holdout', 'add_holdout', 'cmd_compare', 'add_compare', 'model_line', 'score_table', 'cmd_predict',
-           'add_predict', 'with_evidence', 'cmd_screen', 'add_screen', 'cmd_register', 'add_register',
-           'cmd_bench_train', 'cmd_bench', 'add_bench', 'console']
+           'cmd_holdout', 'add_holdout', 'cmd_compare', 'add_compare', 'cmd_tune', 'add_tune', 'model_line',
+           'score_table', 'cmd_predict', 'add_predict', 'with_evidence', 'cmd_screen', 'add_screen', 'cmd_register',
+           'add_register', 'cmd_bench_train', 'cmd_bench', 'add_bench', 'console']
 
 # %% ../nbs/14_cli.ipynb #e7a12bcd
 def store_overrides() -> list:
@@ -246,6 +246,43 @@ def add_compare(sub):
     sp.add_argument('--seed', type=int, help="resampling seed (default: B's seed)")
     sp.add_argument('--json', action='store_true', help='print JSON only on stdout')
     sp.set_defaults(func=cmd_compare)
+
+# %% ../nbs/14_cli.ipynb #edec86fb
+def cmd_tune(args) -> int:
+    "Run or continue an Optuna study (trials: CVs judged on dev); the best trial as a params file, a report."
+    try: from criteria_cls.tune import tune
+    except ImportError as e: raise InputError(f"tune needs Optuna ({e}): pip install 'criteria-cls[tune]'") from None
+    from criteria_cls.pipeline import run_study_report, ui_command
+    if args.jobs < 1: raise InputError(f'--jobs must be at least 1, got {args.jobs}')
+    r = tune(args.params, args.space, args.trials, jobs=args.jobs, study=args.study, storage=args.storage,
+             overrides=[*store_overrides(), *args.overrides], given=args.overrides, log=say)
+    s, best = r['setup'], r['best']
+    html = run_study_report(r, progress=not args.quiet)
+    print(f"study {s.name}: {', '.join(f'{n} {k.lower()}' for k, n in r['counts'].items())} trials "
+          f"({r['seconds']:.0f} s)")
+    if best is not None:
+        print(f"best: trial {best.number}, dev score {best.value:.4f}: "
+              f"{', '.join(f'{k}={v}' for k, v in s.space.values(best.params).items())}\n"
+              f"best params: {r['best_params']} (run it: criteria-cls cv --params {r['best_params']})")
+    print(f"study report: {html}\ntrials: {r['dir'] / 'trials.csv'}\nstorage: {s.storage} (study {s.name})\n"
+          f"MLflow: study run {s.study_run} in {s.tracking_uri}\nbrowse it: {ui_command(s.tracking_uri)}\n"
+          f"more trials: rerun with a larger --trials")
+    return 0
+
+# %% ../nbs/14_cli.ipynb #8418d16e
+@command
+def add_tune(sub):
+    sp = sub.add_parser('tune', help='choose settings on dev: an Optuna study whose trials are CVs judged on dev')
+    _params_args(sp)
+    sp.add_argument('--space', required=True, help='search space YAML (see params/spaces/)')
+    sp.add_argument('--trials', type=int, required=True, help='finished trials the study should have (a rerun adds '
+                    'what is missing)')
+    sp.add_argument('--jobs', type=int, default=1, help='trials side by side (worker processes)')
+    sp.add_argument('--study', help='study name (default: from the params and space files)')
+    sp.add_argument('--storage', metavar='URL', help='Optuna storage (default: optuna.db beside a sqlite MLflow '
+                    'store; e.g. postgresql://user@host/optuna with a tracking server)')
+    sp.add_argument('--quiet', action='store_true', help='no progress bar for the study notebook')
+    sp.set_defaults(func=cmd_tune)
 
 # %% ../nbs/14_cli.ipynb #97c3c085
 def _quiet_libs():

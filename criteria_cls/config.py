@@ -511,13 +511,42 @@ Relative input paths resolve against the folder of the file that writes them (th
 """
 _TABLE_HEAD = ['| key | default | accepts | meaning |', '|---|---|---|---|']
 
+# %% ../nbs/00_config.ipynb #40406a07
+_SPACES_SECTION = """
+## Search spaces (`criteria-cls tune`)
+
+`criteria-cls tune --params F --space S.yaml --trials N [--jobs J] [--study NAME] [--storage URL] [k=v ...]`
+runs an Optuna study whose trials are CVs of `F` (with the overrides) judged on the folds' dev parts only
+(`metrics.select` at cross-fitted thresholds, mean over the folds; test folds untouched), pruned after each
+fold by the median rule (`nbs/12c_tune.ipynb`). A space file maps params keys of the tables above to what a
+trial may set them to:
+
+- `train.lr: {type: float, low: 3.0e-4, high: 3.0e-3, log: true}`: a float range (`log: true` or `step: S`
+  optional);
+- `train.epochs: {type: int, low: 3, high: 8}`: a whole-number range (`log` or `step` optional);
+- `model.sentence_probe: {type: categorical, choices: [[], [minilm-l6]]}`: at least two different values
+  (any YAML values, lists too).
+
+The space is checked before any trial starts: an unknown key, an empty range (or one of a single value), a
+categorical with one value, or a bound or choice the params refuse is an error naming the file, the line
+and the key. Keys of `data`, `cv`, `metrics`, `tracking`, `report`, `seed` and `experiment` are refused:
+every trial is judged on the same folds by the same yardstick. Spaces for the shipped profiles are in
+`params/spaces/` (`default.yaml`, `imhi.yaml`); where the base profile's values lie inside the space, the
+base is the study's trial 0. The study is stored in `optuna.db` beside a sqlite MLflow store (or
+`--storage URL`, e.g. a PostgreSQL database of its own); rerunning the same command continues it (a trial
+whose process died is marked failed and retried; finished trials are kept), a larger `--trials` adds
+trials. Its files go to `studies/<study>/` beside `F`: `best.yaml` (extends `F`, then the overrides and
+the best trial's values: run it with `cv` or `holdout`), `trials.csv` and the report `study.html`; MLflow
+has a study run with a child run per trial.
+"""
+
 # %% ../nbs/00_config.ipynb #eb51309b
 def params_reference() -> str:
     "The params reference as Markdown: per section, each key's default, accepted values and meaning (from `SCHEMA`)."
     parts = [_REFERENCE_HEAD, '## Top level', '', *_TABLE_HEAD, *_reference_rows(SCHEMA)]
     for s, keys in SCHEMA.items():
         if isinstance(keys, dict): parts += ['', f'## `{s}`', '', *_TABLE_HEAD, *_reference_rows(keys, f'{s}.')]
-    return '\n'.join(parts) + '\n'
+    return '\n'.join(parts) + '\n' + _SPACES_SECTION
 
 # %% ../nbs/00_config.ipynb #b8f06c19
 def write_params_reference(path=None) -> Path:

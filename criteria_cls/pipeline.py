@@ -21,10 +21,11 @@ from .jobs import CVRun, holdout_parts, load_cv, run_dir, run_name, time_table
 from . import tracking
 
 # %% auto #0
-__all__ = ['KERNEL', 'KERNEL_ARGS', 'notebooks_dir', 'kernel_argv', 'ensure_kernel', 'NotebookFailed', 'execute_notebook',
-           'data_tags', 'log_params_file', 'start_cv', 'create_fold_run', 'cells_after', 'log_times', 'run_fold',
-           'close_stale_runs', 'run_aggregate', 'fold_headline', 'ui_command', 'resume_command', 'register_command',
-           'cv_headline', 'format_times', 'run_cv', 'evidence_line', 'run_holdout', 'recipes_target', 'run_recipes']
+__all__ = ['KERNEL', 'KERNEL_ARGS', 'STUDY_NOTEBOOK', 'notebooks_dir', 'kernel_argv', 'ensure_kernel', 'NotebookFailed',
+           'execute_notebook', 'data_tags', 'log_params_file', 'start_cv', 'create_fold_run', 'cells_after',
+           'log_times', 'run_fold', 'close_stale_runs', 'run_aggregate', 'fold_headline', 'ui_command',
+           'resume_command', 'register_command', 'cv_headline', 'format_times', 'run_cv', 'evidence_line',
+           'run_holdout', 'recipes_target', 'run_recipes', 'run_study_report']
 
 # %% ../nbs/13_pipeline.ipynb #f485db84
 KERNEL = 'criteria-cls'
@@ -446,4 +447,22 @@ def run_recipes(params_file='params/default.yaml',  # the base profile every row
     execute_notebook(src, nb, params, progress=progress)
     html = render_html(nb, out / 'recipes.html', hide_input=True, title='criteria-cls: which recipe (dev)')
     log(f"recipe table: {out / 'recipes.csv'}\nreport: {html} ({time.time() - t0:.0f} s)")
+    return html
+
+# %% ../nbs/13_pipeline.ipynb #7f074a6e
+STUDY_NOTEBOOK = ('storage', 'study_name', 'params_file', 'overrides', 'space_file', 'title')  # its parameters
+
+def run_study_report(result:dict,        # what `criteria_cls.tune.tune` returned
+                     progress:bool=True) -> Path:
+    "Run the study notebook into the study's folder, render `study.html`, attach both to the study run."
+    s, d = result['setup'], result['dir']
+    p = load_params(s.params_file, s.overrides)
+    title = f"{Path(p.data.path).name} ({p.experiment}), {p.cv.folds} folds"
+    values = (s.storage, s.name, s.params_file, list(s.overrides), s.space.file, title)
+    nb = d / 'study.ipynb'
+    execute_notebook(notebooks_dir().parent / 'experiments' / 'study.ipynb', nb, dict(zip(STUDY_NOTEBOOK, values)),
+                     progress=progress)
+    html = render_html(nb, d / 'study.html', hide_input=True, title=f'criteria-cls study: {s.name}')
+    client = tracking.get_client(s.tracking_uri)
+    for f in (nb, html): tracking.log_artifact(client, s.study_run, f, 'report')
     return html
