@@ -100,6 +100,10 @@ SCHEMA['model'].update({
     'sentence_probe_weight': (0.5, float, "the sentence probe's share of the blend of standardised logits, in [0, 1] "
                               '(0: the fine-tuned model alone)'),
     'sentence_probe_c': (1.0, float, "the sentence probe's inverse L2 strength (scikit-learn's `C`), > 0"),
+    'sentence_probe_listwise': (0.0, float, "the sentence probe's listwise term: within a post, its annotated sentences "
+                                "should outscore the others (weight against the balanced logistic loss; 0: that loss alone)"),
+    'sentence_probe_context': ('none', str, "the sentence probe's features: `none` (the sentence's vectors) or `post` "
+                               "(and the mean vector of its post's sentences)"),
 })
 
 # %% ../nbs/00_config.ipynb #0204f4ca
@@ -153,6 +157,8 @@ SCHEMA['train'] = {
                       'every sentence of a negative post negative); 0: post labels only'),
     'unmarked_sentences': ('ignore', str, 'with `train.sentence_loss`: the sentences of a matching post that no '
                            'annotator marked either way: `ignore` (no sentence label) or `negative`'),
+    'sentence_listwise': (0.0, float, 'with annotated sentences: weight of a listwise loss that asks, within a post, '
+                          "the annotated sentences to outscore the post's other sentences (softmax over its sentences)"),
     'cache_max_gb': (2.0, float, 'above this size, cached activations are kept in bfloat16'),
     'shared_prefix': (False, bool, "decoders, pair head: a post's prompt start runs once for all its criteria"),
 }
@@ -328,6 +334,7 @@ CHOICES = {
     ('metrics', 'calibration'): ('none', 'temperature', 'platt', 'auto'),
     ('train', 'stop_on'): ('select', 'roc_auc', 'pr_auc'),
     ('train', 'unmarked_sentences'): ('ignore', 'negative'),
+    ('model', 'sentence_probe_context'): ('none', 'post'),
     ('model', 'head'): ('pair', 'multi'),
     ('model', 'pooling'): ('auto', 'mean', 'cls', 'last'),
     ('model', 'segments'): ('post', 'sentences'),

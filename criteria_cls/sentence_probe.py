@@ -7,7 +7,8 @@ from __future__ import annotations
 import fcntl, hashlib, json, os, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np, pandas as pd
+import numpy as np, pandas as pd, torch
+from torch.nn import functional as F
 from fastcore.basics import patch
 from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
@@ -19,7 +20,8 @@ from .evidence import embed_texts
 
 # %% auto #0
 __all__ = ['PROBE_FILE', 'PROBE_CONFIG', 'SCALES', 'text_key', 'Encoder', 'EmbeddingStore', 'sentence_vectors', 'post_sentences',
-           'probe_labels', 'SentenceProbe', 'fit_probe', 'blend_logits', 'fit_fold_probe', 'load_probe']
+           'probe_labels', 'SentenceProbe', 'with_context', 'annotated_lists', 'listwise_regression', 'fit_probe',
+           'blend_logits', 'fit_fold_probe', 'load_probe']
 
 # %% ../nbs/05h_sentence_probe.ipynb #42041c6e
 def text_key(text:str) -> str:
@@ -138,23 +140,74 @@ class SentenceProbe:
     C: float = 1.0            # the regressions' inverse L2 strength
     scales: dict = field(default_factory=lambda: dict.fromkeys(SCALES, 1.0))  # dev std of each logit
     cache_dir: str|None = None  # the embeddings' cache root (where the model runs; not saved)
+    context: str = 'none'     # features: `none` (the sentence's vectors) or `post` (and its post's mean vector)
+    listwise: float = 0.0     # the weight of the listwise term it was fitted with (`model.sentence_probe_listwise`)
 
     def logits(self, X:np.ndarray) -> np.ndarray:
         "`[sentences, criteria]` logits of sentence vectors `X` (0 where a criterion has no regression)."
         return X @ self.coef.T + self.intercept
 
+# %% ../nbs/05h_sentence_probe.ipynb #b5249f4c
+def with_context(X:np.ndarray, sizes:list|None, context:str='none') -> np.ndarray:
+    "The probe's features of sentence vectors `X` (posts of `sizes` sentences, in order) under `context`."
+    if context == 'none': return X
+    if context != 'post': raise InputError(f"model.sentence_probe_context must be none or post, found '{context}'")
+    if sizes is None: raise InputError("sentence probe context 'post' needs each sentence's post")
+    means = [np.repeat(g.mean(0, keepdims=True), len(g), 0) for g in np.split(X, np.cumsum(sizes)[:-1]) if len(g)]
+    return np.hstack([X, np.concatenate(means) if means else X[:, :0]])
+
+
+# %% ../nbs/05h_sentence_probe.ipynb #c49ec4ae
+def annotated_lists(post_ids, y:np.ndarray) -> list:
+    "`(rows, which of them are annotated)` of each post with an annotated sentence (`y == 1`) and 2+ sentences."
+    groups = pd.Series(np.arange(len(y))).groupby(list(post_ids), sort=False).indices
+    return [(r, y[r] == 1) for r in groups.values() if len(r) > 1 and (y[r] == 1).any()]
+
+def listwise_regression(X:np.ndarray, y:np.ndarray, lists:list, listwise:float, C:float=1.0) -> tuple:
+    "`(coef, intercept)`: balanced logistic loss on the rows with `y >= 0`, L2 `1/C`, plus `listwise` x the lists' loss."
+    m = y >= 0
+    Xt, yt = torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y[m], dtype=torch.float64)
+    n_pos, n_neg = float((yt == 1).sum()), float((yt == 0).sum())
+    sw = torch.where(yt == 1, len(yt) / (2 * n_pos), len(yt) / (2 * n_neg)) / len(yt)
+    w, b = torch.zeros(X.shape[1], dtype=torch.float64, requires_grad=True), torch.zeros(1, dtype=torch.float64,
+                                                                                         requires_grad=True)
+    rows = [(torch.as_tensor(r), torch.as_tensor(a)) for r, a in lists]
+    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn='strong_wolfe')
+    def closure():
+        opt.zero_grad()
+        z = Xt @ w + b
+        loss = (F.binary_cross_entropy_with_logits(z[torch.as_tensor(m)], yt, reduction='none') * sw).sum()
+        loss = loss + (w @ w) / (2 * C * len(yt))
+        if rows: loss = loss + listwise * sum(torch.logsumexp(z[r], 0) - torch.logsumexp(z[r][a], 0)
+                                              for r, a in rows) / len(rows)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return w.detach().numpy().copy(), float(b.detach()[0])
+
+
 # %% ../nbs/05h_sentence_probe.ipynb #26e093ad
-def fit_probe(X:np.ndarray,       # [sentences, features]
+def fit_probe(X:np.ndarray,       # [sentences, features]: the sentences of each post together (`post_sentences` order)
               Y:np.ndarray,       # [sentences, criteria]: 1, 0, -1 unknown (`probe_labels`)
-              criteria:list, encoders:list, C:float=1.0, weight:float=0.5, cache_dir:str|None=None) -> SentenceProbe:
+              criteria:list, encoders:list, C:float=1.0, weight:float=0.5, cache_dir:str|None=None,
+              post_ids=None,      # each sentence's post: needed by `context='post'` and `listwise`
+              context:str='none', listwise:float=0.0) -> SentenceProbe:
     "A balanced logistic regression per criterion on its labelled sentences (none without both classes)."
+    sizes = None if post_ids is None else pd.Series(post_ids).groupby(list(post_ids), sort=False).size().tolist()
+    X = with_context(X, sizes, context)
     coef, b, ok = np.zeros((len(criteria), X.shape[1])), np.zeros(len(criteria)), np.zeros(len(criteria), bool)
     for j in range(len(criteria)):
         m = Y[:, j] >= 0
         if not ((Y[m, j] == 1).any() and (Y[m, j] == 0).any()): continue
-        lr = LogisticRegression(C=C, max_iter=3000, class_weight='balanced').fit(X[m], Y[m, j])
-        coef[j], b[j], ok[j] = lr.coef_[0], lr.intercept_[0], True
-    return SentenceProbe(list(encoders), list(criteria), coef, b, ok, float(weight), float(C), cache_dir=cache_dir)
+        if listwise > 0 and post_ids is not None:
+            coef[j], b[j] = listwise_regression(X, Y[:, j], annotated_lists(post_ids, Y[:, j]), listwise, C)
+        else:
+            lr = LogisticRegression(C=C, max_iter=3000, class_weight='balanced').fit(X[m], Y[m, j])
+            coef[j], b[j] = lr.coef_[0], lr.intercept_[0]
+        ok[j] = True
+    return SentenceProbe(list(encoders), list(criteria), coef, b, ok, float(weight), float(C), cache_dir=cache_dir,
+                         context=context, listwise=float(listwise))
+
 
 # %% ../nbs/05h_sentence_probe.ipynb #14938548
 @patch
@@ -163,7 +216,9 @@ def sentence_logits(self:SentenceProbe, texts:list, progress=None) -> list:
     split = [split_sentences(t) for t in texts]
     flat = [s for ss in split for s in ss]
     if not flat: return [np.zeros((0, len(self.criteria))) for _ in texts]
-    L = self.logits(sentence_vectors(flat, self.encoders, self.cache_dir, progress))
+    X = with_context(sentence_vectors(flat, self.encoders, self.cache_dir, progress), [len(ss) for ss in split],
+                     self.context)
+    L = self.logits(X)
     return np.split(L, np.cumsum([len(ss) for ss in split])[:-1])
 
 # %% ../nbs/05h_sentence_probe.ipynb #88a508f5
@@ -254,10 +309,13 @@ def fit_fold_probe(p,                        # resolved params (`model.sentence_
     if not 0 <= m.sentence_probe_weight <= 1:
         raise InputError(f"model.sentence_probe_weight must be in [0, 1], found {m.sentence_probe_weight}")
     if not m.sentence_probe_c > 0: raise InputError(f"model.sentence_probe_c must be > 0, found {m.sentence_probe_c}")
+    if not m.sentence_probe_listwise >= 0:
+        raise InputError(f"model.sentence_probe_listwise must be >= 0, found {m.sentence_probe_listwise}")
     idx = post_sentences(train_pairs.drop_duplicates('post_id'))
     Y = probe_labels(idx, train_pairs, sentences, criteria, p.train.unmarked_sentences)
     X = sentence_vectors(idx.sentence.tolist(), list(m.sentence_probe), m.cache_dir, progress)
-    return fit_probe(X, Y, criteria, list(m.sentence_probe), m.sentence_probe_c, m.sentence_probe_weight, m.cache_dir)
+    return fit_probe(X, Y, criteria, list(m.sentence_probe), m.sentence_probe_c, m.sentence_probe_weight, m.cache_dir,
+                     idx.post_id.tolist(), m.sentence_probe_context, m.sentence_probe_listwise)
 
 # %% ../nbs/05h_sentence_probe.ipynb #f012da4a
 @patch
@@ -266,7 +324,8 @@ def save(self:SentenceProbe, folder) -> Path:
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / PROBE_FILE, coef=self.coef, intercept=self.intercept, fitted=self.fitted)
     doc = {'encoders': self.encoders, 'criteria': self.criteria, 'weight': self.weight, 'C': self.C,
-           'scales': self.scales, 'features': int(self.coef.shape[1])}
+           'scales': self.scales, 'features': int(self.coef.shape[1]), 'context': self.context,
+           'listwise': self.listwise}
     (folder / PROBE_CONFIG).write_text(json.dumps(doc, indent=1))
     return folder
 
@@ -277,4 +336,4 @@ def load_probe(folder, cache_dir:str|None=None) -> SentenceProbe|None:
     doc = json.loads((folder / PROBE_CONFIG).read_text())
     with np.load(folder / PROBE_FILE) as z: coef, b, ok = z['coef'], z['intercept'], z['fitted']
     return SentenceProbe(doc['encoders'], doc['criteria'], coef, b, ok, doc['weight'], doc['C'], doc['scales'],
-                         cache_dir)
+                         cache_dir, doc.get('context', 'none'), doc.get('listwise', 0.0))

@@ -24,10 +24,10 @@ from .probe import probe_head
 from .sentence_probe import SentenceProbe, fit_fold_probe
 
 # %% auto #0
-__all__ = ['torch_setup', 'sentence_targets', 'train_step', 'make_optimizer', 'dev_record', 'KeepBest', 'stop_metric',
-           'train_mode', 'Stopwatch', 'FoldResult', 'pairs_criteria', 'Fold', 'prepare_fold', 'fold_tasks', 'Fit',
-           'start_fit', 'warm_start', 'optimizer_step', 'fit_epoch', 'score_test', 'occluded_pairs',
-           'occlusion_faithfulness', 'train_fold', 'calibrate_result', 'probe_fold']
+__all__ = ['torch_setup', 'sentence_targets', 'listwise_loss', 'list_count', 'train_step', 'make_optimizer', 'dev_record',
+           'KeepBest', 'stop_metric', 'train_mode', 'Stopwatch', 'FoldResult', 'pairs_criteria', 'Fold', 'prepare_fold',
+           'fold_tasks', 'Fit', 'start_fit', 'warm_start', 'optimizer_step', 'fit_epoch', 'score_test',
+           'occluded_pairs', 'occlusion_faithfulness', 'train_fold', 'calibrate_result', 'probe_fold']
 
 # %% ../nbs/06c_train.ipynb #6cc6be18
 def torch_setup(p, threads:int|None=None):
@@ -73,17 +73,38 @@ def sentence_targets(task:Task, group:list, device='cpu') -> tuple|None:
                                 device=device)
     return ys, ws, float(sum(w.sum() for w in ws.values())) or 1.0
 
+# %% ../nbs/06c_train.ipynb #a6f22b59
+def listwise_loss(z:torch.Tensor,  # [pieces of the units, criteria]: piece logits, the units' pieces concatenated
+                  ys:list,         # per unit, `[its pieces, criteria]` labels (1: annotated; `sentence_targets`)
+                 ) -> torch.Tensor:
+    "The summed listwise loss of the units' (unit, criterion) lists that have an annotated piece."
+    out, i = z.new_zeros(()), 0
+    for y in ys:
+        zu, i = z[i:i + len(y)], i + len(y)
+        has = (y == 1).any(0)
+        if not has.any(): continue
+        zc, yc = zu[:, has], y[:, has] == 1
+        out = out + (torch.logsumexp(zc, 0) - torch.logsumexp(zc.masked_fill(~yc, float('-inf')), 0)).sum()
+    return out
+
+def list_count(ys:list) -> int:
+    "How many (unit, criterion) lists of `ys` have an annotated piece."
+    return int(sum(int((y == 1).any(0).sum()) for y in ys))
+
+
 # %% ../nbs/06c_train.ipynb #cf55cf62
 def train_step(model, group:list, task:Task, state:_StepState, weights:np.ndarray, precision:str='no', scaler=None,
                on_micro_batch=None, step:int=0,
                active:np.ndarray|None=None,  # [units, outputs] the epoch trains (`Epoch.active`); default: every pair
                pad_to:int|None=None,         # pad every micro-batch to this many tokens (benchmarks)
                sentence_loss:float=0.0,      # weight of the loss on sentence scores (where the task has piece labels)
+               listwise:float=0.0,           # weight of `listwise_loss` (per list, over the group's lists)
               ) -> float:
     "Forward/backward one group of units in micro-batches (gradients accumulated); returns the group's loss."
     dev, active = device_of(model), task.M if active is None else active
     total = float((weights[group] * active[group]).sum()) or 1.0
-    pieces = sentence_targets(task, group, dev) if sentence_loss else None
+    pieces = sentence_targets(task, group, dev) if sentence_loss or listwise else None
+    lists = (list_count(pieces[0][group]) or 1) if pieces is not None and listwise else 1
     while True:
         try:
             loss_sum = 0.0
@@ -97,6 +118,7 @@ def train_step(model, group:list, task:Task, state:_StepState, weights:np.ndarra
                     bce = F.binary_cross_entropy_with_logits(out.pieces.float(), torch.cat(pieces[0][mb]),
                                                              reduction='none')
                     loss = loss + sentence_loss * (bce * torch.cat(pieces[1][mb])).sum() / pieces[2]
+                    if listwise: loss = loss + listwise * listwise_loss(out.pieces.float(), pieces[0][mb]) / lists
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_sum += loss.item()
             return loss_sum
@@ -345,7 +367,8 @@ def optimizer_step(f:Fold, fit:Fit, task:Task, epoch:Epoch, group:list, on_micro
     T = f.p.train
     fit.opt.zero_grad(set_to_none=True)
     loss = train_step(f.model, group, task, fit.state, fit.weights, f.precision, fit.scaler, on_micro_batch, fit.steps,
-                      epoch.active, sentence_loss=T.sentence_loss)
+                      epoch.active, sentence_loss=T.sentence_loss,
+                      listwise=T.sentence_listwise)
     if fit.scaler is not None: fit.scaler.unscale_(fit.opt)
     if T.max_grad_norm: torch.nn.utils.clip_grad_norm_(fit.params, T.max_grad_norm)
     if fit.scaler is not None: fit.scaler.step(fit.opt); fit.scaler.update()
