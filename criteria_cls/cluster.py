@@ -22,7 +22,7 @@ CLUSTER_EXTRA = 'pip install -e ".[cluster]"'
 
 def require_ray():
     "The `ray` module; `InputError` naming the `cluster` extra where Ray is not installed."
-    try: import ray
+    try: import ray  # noqa: PLC0415  (Ray only here: the local engine never needs it)
     except ImportError:
         raise InputError(f"--engine ray needs Ray, which is not installed here: {CLUSTER_EXTRA} (the `cluster` "
                          "extra: Ray and PostgreSQL's driver), on this machine and on every node") from None
@@ -41,7 +41,7 @@ def check_tracking_uri(uri:str) -> str:
 
 # %% ../nbs/12d_cluster.ipynb #b0698e97
 def check_address(address:str|None, timeout:float=3.0) -> str:
-    "`address` (`HOST:PORT` of a Ray head, `ray://HOST:PORT` or `auto`) when something listens there; else `InputError`."
+    "`address` (a Ray head's `HOST:PORT`, `ray://HOST:PORT` or `auto`) when something listens there; else `InputError`."
     if not address:
         raise InputError("--engine ray needs --address HOST:PORT (what `ray start --head` prints) or `auto`")
     if address == 'auto': return address

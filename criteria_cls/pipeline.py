@@ -18,7 +18,7 @@ from .splits import folds_from_params, write_folds
 from .report import origin_line, render_html
 from .data import text_table
 from .jobs import CVRun, holdout_parts, load_cv, run_dir, run_name, time_table
-from . import tracking
+from . import cluster, tracking
 
 # %% auto #0
 __all__ = ['KERNEL', 'KERNEL_ARGS', 'notebooks_dir', 'kernel_argv', 'ensure_kernel', 'NotebookFailed', 'execute_notebook',
@@ -332,8 +332,6 @@ def _cv_done(cv:CVRun, latest:dict, report:Path, aggregate_s:float, t0:float, lo
             'times': times}
 
 # %% ../nbs/13_pipeline.ipynb #5acba92b
-from . import cluster
-
 def _run_folds_on(engine, cv:CVRun, todo:list, jobs:int|None, progress:bool, log):
     "Run the folds in `todo` on `engine` (a `cluster.RayEngine`), or as local processes where it is None."
     if engine is None: return _run_folds(cv, todo, jobs or 1, progress, log)
