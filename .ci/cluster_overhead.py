@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / 'tests'))
 from mlflow import MlflowClient                                   # noqa: E402
 from conftest import EXE, smoke_overrides                         # noqa: E402
 from fixtures import free_port                                    # noqa: E402
-from test_cluster import COMPARE, SERVER, Cluster, wait_started   # noqa: E402
+from test_cluster import COMPARE, SERVER, Cluster                 # noqa: E402
 
 STAGES = ('time_fetch_s', 'time_startup_s', 'time_job_s', 'time_html_s', 'time_upload_s', 'time_wall_s')
 
@@ -47,13 +47,13 @@ def main():
                              capture_output=True, text=True).stdout.strip()
         t['tracking server start (PostgreSQL initdb + mlflow server)'] = time.time() - t0
         t0 = time.time()
-        head = cl.start('h', '--head', '--port', str(ray_port), '--num-cpus', '0', '--node-ip-address', '127.0.0.1',
-                        '--include-dashboard=false')
-        wait_started(head, base / 'ray_h.log')
+        cl.start('h', '--head', '--port', str(ray_port), '--num-cpus', '0', '--node-ip-address', '127.0.0.1',
+                 '--include-dashboard=false')
+        cl.ready('h')
         for n in ('a', 'b'):
             cl.start(n, '--address', f'127.0.0.1:{ray_port}', '--num-cpus', '1', '--node-ip-address', '127.0.0.1',
                      hide=hidden)
-        for n in ('a', 'b'): wait_started(cl.nodes[n], base / f'ray_{n}.log')
+        for n in ('a', 'b'): cl.ready(n)
         t['Ray cluster start (head, then two worker nodes)'] = time.time() - t0
         (base / 'local').mkdir(); (base / 'ray').mkdir()
         lw, lout, ls, lf = cv({**env, 'MLFLOW_TRACKING_URI': f'sqlite:///{base}/local/mlflow.db'}, base / 'local',

@@ -181,8 +181,8 @@ SCHEMA['run'] = {
                'Ray task per fold on the cluster at `run.address`; needs an MLflow tracking server)'),
     'address': (None, _opt_str, "`ray`: the cluster: its head's `HOST:PORT` (as `ray start --head` prints it), "
                 '`ray://HOST:10001` (Ray Client) or `auto`'),
-    'num_cpus': (1, (int, float), '`ray`: CPUs each fold task asks for'),
-    'num_gpus': (0, (int, float), '`ray`: GPUs each fold task asks for (its folds go only to nodes that have them)'),
+    'num_cpus': (1.0, float, '`ray`: CPUs each fold task asks for'),
+    'num_gpus': (0.0, float, '`ray`: GPUs each fold task asks for (its folds go only to nodes that have them)'),
     'max_retries': (2, int, "`ray`: times a fold is run again when its node or worker dies"),
 }
 

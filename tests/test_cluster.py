@@ -42,10 +42,11 @@ class Cluster:
     "Ray nodes as separate process trees (`ray start --block`), each with its own temp dir; all killed on exit."
 
     def __init__(self, env:dict, logs:Path):
-        self.env, self.logs, self.nodes, self.dirs = env, logs, {}, []
+        self.env, self.logs, self.nodes, self.dirs, self.how = env, logs, {}, [], {}
 
     def start(self, name:str, *args, hide:Path|None=None) -> subprocess.Popen:
         "Start node `name`; with `hide`, in a mount namespace where an empty folder covers `hide` (another disk)."
+        self.how[name] = (args, hide)
         temp = tempfile.mkdtemp(prefix=f'ray{name}_', dir='/tmp'); self.dirs.append(temp)
         cmd = [str(BIN / 'ray'), 'start', '--block', '--temp-dir', temp, '--object-store-memory', str(80 * 2**20),
                '--disable-usage-stats', *args]
@@ -55,6 +56,15 @@ class Cluster:
         self.nodes[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         return self.nodes[name]
+
+    def ready(self, name:str, tries:int=2):
+        "Wait until node `name` runs; one that timed out starting (Ray gives a node 30 s on a loaded machine) restarts."
+        for i in range(tries):
+            try: return wait_started(self.nodes[name], self.logs / f'ray_{name}.log')
+            except AssertionError:
+                if i == tries - 1: raise
+                kill_tree(self.nodes[name].pid); self.nodes[name].wait(30)
+                self.start(name, *self.how[name][0], hide=self.how[name][1])
 
     def close(self):
         for p in self.nodes.values(): kill_tree(p.pid)
@@ -88,13 +98,13 @@ def cluster_env(tmp_path):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         stack.callback(subprocess.run, ['bash', str(SERVER), 'stop', str(base / 'tracking')], env=env, timeout=60)
         cl = Cluster(env, tmp_path); stack.callback(cl.close)
-        head = cl.start('h', '--head', '--port', str(ray_port), '--num-cpus', '0', '--node-ip-address', '127.0.0.1',
-                        '--include-dashboard=false')
+        cl.start('h', '--head', '--port', str(ray_port), '--num-cpus', '0', '--node-ip-address', '127.0.0.1',
+                 '--include-dashboard=false')
         address = f'127.0.0.1:{ray_port}'
-        wait_started(head, tmp_path / 'ray_h.log')    # a worker node gives up on a head that is still starting
+        cl.ready('h')                                  # a worker node gives up on a head that is still starting
         for name in ('a', 'b'):
             cl.start(name, '--address', address, '--num-cpus', '1', '--node-ip-address', '127.0.0.1', hide=hidden)
-        for name in ('a', 'b'): wait_started(cl.nodes[name], tmp_path / f'ray_{name}.log')
+        for name in ('a', 'b'): cl.ready(name)
         out, err = server.communicate(timeout=180)
         assert server.returncode == 0, err
         yield {'uri': out.strip(), 'address': address, 'data': hidden / 'redsm5_demo', 'cluster': cl, 'env': env,
