@@ -7,6 +7,8 @@ from pathlib import Path
 import psutil, pytest
 from mlflow import MlflowClient
 from conftest import EXE, ROOT, smoke_overrides
+from criteria_cls.config import InputError
+from criteria_cls.pipeline import run_cv
 from fixtures import free_port
 
 BIN = Path(sys.executable).parent
@@ -123,10 +125,10 @@ def start_cv(c:dict, tmp:Path, *args) -> subprocess.Popen:
 def test_ray_engine_survives_a_killed_node_and_matches_local(cluster_env, smoke_cv, tmp_path):
     c, nodes = cluster_env, cluster_env['cluster'].nodes
     client = MlflowClient(c['uri'])
-    # a fold asking for a GPU on this CPU-only cluster: refused before any run exists
-    bad = start_cv(c, tmp_path, 'run.num_gpus=1')
-    out, err = bad.communicate(timeout=300)
-    assert bad.returncode == 2 and 'GPU(s) a fold asks for' in err and 'Traceback' not in err, err
+    # a fold asking for a GPU on this CPU-only cluster: refused before any run exists (in process: no CLI start-up)
+    with pytest.raises(InputError, match=r'has the 1 CPU\(s\) and 1 GPU\(s\) a fold asks for'):
+        run_cv(ROOT / 'params' / 'smoke.yaml', [f"tracking.uri={c['uri']}", *smoke_overrides(tmp_path, 'e2e-ray'),
+                                                'run.engine=ray', f"run.address={c['address']}", 'run.num_gpus=1'])
     assert client.get_experiment_by_name('e2e-ray') is None
     # the smoke CV, one fold at a time; the node running the first fold is killed a few seconds into it
     t0, proc = time.time(), start_cv(c, tmp_path, '--jobs', '1')
