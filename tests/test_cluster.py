@@ -4,7 +4,7 @@ them with the data in a folder the worker nodes cannot see, and one worker node 
 import json, os, shutil, signal, subprocess, sys, tempfile, time
 from contextlib import ExitStack
 from pathlib import Path
-import psutil, pytest
+import psutil, pytest, torch
 from mlflow import MlflowClient
 from conftest import EXE, ROOT, smoke_overrides
 from criteria_cls.config import InputError
@@ -94,6 +94,8 @@ def cluster_env(tmp_path):
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHON': sys.executable, 'HF_HUB_OFFLINE': '1',
            'TRANSFORMERS_OFFLINE': '1'}
     env.pop('MLFLOW_RUN_ID', None)
+    # the local smoke CV's torch threads (Ray would give each 1-CPU task 1): the same sums, the same 4th decimals
+    env['OMP_NUM_THREADS'] = str(torch.get_num_threads())
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, base, ignore_errors=True)
         server = subprocess.Popen(['bash', str(SERVER), 'start', str(base / 'tracking'), str(port)], env=env,
@@ -133,12 +135,15 @@ def test_ray_engine_survives_a_killed_node_and_matches_local(cluster_env, smoke_
     # the smoke CV, one fold at a time; the node running the first fold is killed a few seconds into it
     t0, proc = time.time(), start_cv(c, tmp_path, '--jobs', '1')
     killed = None
-    while proc.poll() is None and killed is None:
-        busy = [n for n in ('a', 'b') if runs_papermill(nodes[n].pid)]
-        if busy:
-            time.sleep(4); kill_tree(nodes[busy[0]].pid); killed = busy[0]
-        time.sleep(0.5)
-    out, err = proc.communicate(timeout=900)
+    try:
+        while proc.poll() is None and killed is None:
+            busy = [n for n in ('a', 'b') if runs_papermill(nodes[n].pid)]
+            if busy:
+                time.sleep(4); kill_tree(nodes[busy[0]].pid); killed = busy[0]
+            time.sleep(0.5)
+        out, err = proc.communicate(timeout=900)
+    finally:
+        kill_tree(proc.pid)                       # the CLI (the Ray driver), should the test fail before it ends
     assert proc.returncode == 0, err[-3000:]
     assert killed is not None, 'no fold notebook was seen running on a worker node'
     survivor = 'b' if killed == 'a' else 'a'
