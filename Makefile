@@ -54,6 +54,13 @@ recipes: install  ## the recipe ablation on dev (nbs/experiments/recipes.ipynb, 
 lab: install  ## JupyterLab on nbs/
 	$(BIN)/jupyter lab --notebook-dir=nbs
 
+TRACKING_DIR ?= tracking
+tracking-server: install  ## an MLflow server on PostgreSQL, proxied artifacts, for cv --engine ray (TRACKING_DIR=tracking PORT=5005 HOST=127.0.0.1)
+	@PYTHON=$(PY) MLFLOW=$(BIN)/mlflow .ci/tracking_server.sh start $(TRACKING_DIR) $(or $(PORT),5005) $(or $(HOST),127.0.0.1)
+
+tracking-server-stop:  ## stop the server make tracking-server started (its data stay in TRACKING_DIR)
+	.ci/tracking_server.sh stop $(TRACKING_DIR)
+
 STORE ?= sqlite:///mlflow.db
 mlflow-ui: install  ## the MLflow UI on the project's store (STORE=... for another) at http://127.0.0.1:5000 (PORT=...)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --default-artifact-root ./mlruns --host 127.0.0.1 --port $(or $(PORT),5000)
@@ -79,4 +86,4 @@ clean:  ## remove build outputs and caches (keeps .venv, mlflow.db, mlruns/ and 
 	rm -rf build dist *.egg-info _docs _proc .pytest_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help install lint test cv recipes lab mlflow-ui serve readme clean
+.PHONY: help install lint test cv recipes lab mlflow-ui serve readme clean tracking-server tracking-server-stop

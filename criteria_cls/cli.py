@@ -9,10 +9,10 @@ from .config import InputError, load_params
 
 # %% auto #0
 __all__ = ['COMMANDS', 'store_overrides', 'default_store', 'lookup_store', 'say', 'command', 'build_parser', 'main', 'data_stats',
-           'cmd_data', 'add_data', 'cmd_cv', 'add_cv', 'cmd_fold', 'add_fold', 'cmd_aggregate', 'add_aggregate',
-           'cmd_holdout', 'add_holdout', 'cmd_compare', 'add_compare', 'cmd_tune', 'add_tune', 'model_line',
-           'score_table', 'cmd_predict', 'add_predict', 'with_evidence', 'cmd_screen', 'add_screen', 'cmd_register',
-           'add_register', 'cmd_bench_train', 'cmd_bench', 'add_bench', 'console']
+           'cmd_data', 'add_data', 'engine_overrides', 'cmd_cv', 'add_cv', 'cmd_fold', 'add_fold', 'cmd_aggregate',
+           'add_aggregate', 'cmd_holdout', 'add_holdout', 'cmd_compare', 'add_compare', 'cmd_tune', 'add_tune',
+           'model_line', 'score_table', 'cmd_predict', 'add_predict', 'with_evidence', 'cmd_screen', 'add_screen',
+           'cmd_register', 'add_register', 'cmd_bench_train', 'cmd_bench', 'add_bench', 'console']
 
 # %% ../nbs/14_cli.ipynb #e7a12bcd
 def store_overrides() -> list:
@@ -128,6 +128,16 @@ def add_data(sub):
     sp.add_argument('--words', action='store_true', help='measure lengths in words (do not load the tokenizer)')
     sp.set_defaults(func=cmd_data)
 
+# %% ../nbs/14_cli.ipynb #286a85f7
+def engine_overrides(args) -> list:
+    "`run.engine=...` and `run.address=...` for the `--engine` and `--address` given (after the other overrides)."
+    return [f'run.{k}={v}' for k in ('engine', 'address') if (v := getattr(args, k, None)) is not None]
+
+def _engine_args(sp):
+    sp.add_argument('--engine', choices=('local', 'ray'),
+                    help='where the folds run: local processes (default) or Ray tasks on the cluster at --address')
+    sp.add_argument('--address', metavar='HOST:PORT', help="with --engine ray: the Ray cluster's head (or `auto`)")
+
 # %% ../nbs/14_cli.ipynb #e792a53a
 def cmd_cv(args) -> int:
     "Cross-validate: parent run, one papermill notebook per fold, aggregation and reports."
@@ -135,7 +145,7 @@ def cmd_cv(args) -> int:
     if not args.params and not args.resume:
         raise InputError('give --params FILE, or --resume RUN_ID to finish an interrupted CV')
     only = [int(x) for x in args.only_folds.split(',') if x.strip()] if args.only_folds is not None else None
-    overrides = [*store_overrides(), *args.overrides]
+    overrides = [*store_overrides(), *args.overrides, *engine_overrides(args)]
     store = None
     if args.resume: store = load_params(args.params, overrides).tracking.uri if args.params else default_store()
     run_cv(None if args.resume else args.params, overrides, jobs=args.jobs, resume=args.resume, only_folds=only,
@@ -149,12 +159,14 @@ def add_cv(sub):
                         help='cross-validate: a notebook and MLflow child run per fold, then the aggregation report')
     sp.add_argument('--params', help='params YAML file (see params/)')
     sp.add_argument('overrides', nargs='*', metavar='section.key=value', help='override params, e.g. train.lr=1e-4')
-    sp.add_argument('--jobs', type=int, default=1, help='folds to run side by side (cores are split between them)')
+    sp.add_argument('--jobs', type=int, help='folds to run side by side (local: cores split between them; '
+                    'default 1; Ray: tasks in flight, default all)')
     sp.add_argument('--resume', metavar='RUN_ID',
                     help='finish the CV of this parent run: run the folds that did not finish, then aggregate')
     sp.add_argument('--only-folds', metavar='K[,K...]',
                     help='run only these folds now (empty: none, just set up the CV); '
                          'finish later with --resume or `fold`')
+    _engine_args(sp)
     sp.add_argument('--quiet', action='store_true', help='no progress bars')
     sp.set_defaults(func=cmd_cv)
 

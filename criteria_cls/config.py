@@ -181,6 +181,17 @@ SCHEMA['report'] = {
     'dir': ('reports', str, 'where executed notebooks and reports go'),
 }
 
+# %% ../nbs/00_config.ipynb #a41ed3ef
+SCHEMA['run'] = {
+    'engine': ('local', str, 'where the folds run: `local` (processes on this machine, `cv --jobs N`) or `ray` (one '
+               'Ray task per fold on the cluster at `run.address`; needs an MLflow tracking server)'),
+    'address': (None, _opt_str, "`ray`: the cluster: its head's `HOST:PORT` (as `ray start --head` prints it), "
+                '`ray://HOST:10001` (Ray Client) or `auto`'),
+    'num_cpus': (1.0, float, '`ray`: CPUs each fold task asks for'),
+    'num_gpus': (0.0, float, '`ray`: GPUs each fold task asks for (its folds go only to nodes that have them)'),
+    'max_retries': (2, int, "`ray`: times a fold is run again when its node or worker dies"),
+}
+
 # %% ../nbs/00_config.ipynb #43c2b174
 def _defaults(schema:dict) -> dict:
     "The default value of every key, nested as in `schema`."
@@ -348,6 +359,9 @@ def _check_choices(p):
     "`InputError` for a value outside its `CHOICES`."
     for (s, k), allowed in CHOICES.items():
         if p[s][k] not in allowed: raise InputError(f"{s}.{k}: '{p[s][k]}' is not one of {', '.join(allowed)}")
+
+# %% ../nbs/00_config.ipynb #7e9f23b5
+CHOICES[('run', 'engine')] = ('local', 'ray')
 
 # %% ../nbs/00_config.ipynb #537db38c
 def _check_ranges(p):

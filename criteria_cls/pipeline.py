@@ -18,7 +18,7 @@ from .splits import folds_from_params, write_folds
 from .report import origin_line, render_html
 from .data import text_table
 from .jobs import CVRun, holdout_parts, load_cv, run_dir, run_name, time_table
-from . import tracking
+from . import cluster, tracking
 
 # %% auto #0
 __all__ = ['KERNEL', 'KERNEL_ARGS', 'STUDY_NOTEBOOK', 'notebooks_dir', 'kernel_argv', 'ensure_kernel', 'NotebookFailed',
@@ -332,10 +332,18 @@ def _cv_done(cv:CVRun, latest:dict, report:Path, aggregate_s:float, t0:float, lo
     return {'parent_run_id': cv.parent_id, 'dir': cv.dir, 'report': report, 'remaining': [], 'summary': s,
             'times': times}
 
+# %% ../nbs/13_pipeline.ipynb #5acba92b
+def _run_folds_on(engine, cv:CVRun, todo:list, jobs:int|None, progress:bool, log):
+    "Run the folds in `todo` on `engine` (a `cluster.RayEngine`), or as local processes where it is None."
+    if engine is None: return _run_folds(cv, todo, jobs or 1, progress, log)
+    client = tracking.get_client(cv.tracking_uri)
+    cluster.run_folds_ray(engine, cv, todo, jobs, run_fold, lambda k, rid, s: log(fold_headline(client, rid, k, s)),
+                          log)
+
 # %% ../nbs/13_pipeline.ipynb #968ed2e0
 def run_cv(params_file=None,           # a params file (a new CV)
            overrides=(),               # `section.key=value` overrides
-           jobs:int=1,                 # folds side by side
+           jobs:int|None=None,         # folds side by side (None: 1 locally, every fold on Ray)
            resume:str|None=None,       # a parent run id: finish that CV instead
            only_folds=None,            # run only these folds now
            progress:bool=True,
@@ -345,10 +353,11 @@ def run_cv(params_file=None,           # a params file (a new CV)
           ) -> dict:
     "Cross-validate: parent run, one notebook per fold, aggregation; returns paths and ids."
     t0 = time.time()
+    engine = cluster.engine_for(params_file, overrides, resume, tracking_uri)   # checked before any run
     cv, client, done = _open_cv(params_file, overrides, resume, tracking_uri, log, given)
     n = len(cv.folds['folds'])
     todo = [k for k in range(n) if k not in done and (only_folds is None or k in set(only_folds))]
-    _run_folds(cv, todo, jobs, progress, log)
+    _run_folds_on(engine, cv, todo, jobs, progress, log)
     latest = tracking.latest_fold_runs(client, cv.parent_id)
     remaining = [k for k in range(n) if k not in latest]
     if remaining:
