@@ -124,7 +124,7 @@ def start_cv(c:dict, tmp:Path, *args) -> subprocess.Popen:
                             text=True)
 
 
-def test_ray_engine_survives_a_killed_node_and_matches_local(cluster_env, smoke_cv, tmp_path):
+def test_ray_engine_survives_a_killed_node_and_matches_local(cluster_env, tmp_path, request):
     c, nodes = cluster_env, cluster_env['cluster'].nodes
     client = MlflowClient(c['uri'])
     # a fold asking for a GPU on this CPU-only cluster: refused before any run exists (in process: no CLI start-up)
@@ -166,4 +166,6 @@ def test_ray_engine_survives_a_killed_node_and_matches_local(cluster_env, smoke_
     for f in ('fold_0.ipynb', 'fold_1.html', 'fold_0_test_predictions.csv', 'fold_1_model', 'report.html'):
         assert (d / f).exists(), f
     s = json.loads((d / 'summary.json').read_text())
+    # the local engine's smoke CV, asked for only now: under xdist another worker runs it while this one runs Ray
+    smoke_cv = request.getfixturevalue('smoke_cv')
     assert {k: s[k] for k in COMPARE} == {k: smoke_cv['summary'][k] for k in COMPARE}
