@@ -31,7 +31,7 @@ extras = {
     # QLoRA 4-bit on CUDA
     'gpu': ['bitsandbytes>=0.45'],
     # folds as Ray tasks on a cluster (`cv --engine ray`), an MLflow tracking server on PostgreSQL
-    'cluster': ['ray[default]>=2.40', 'psycopg2-binary>=2.9'],
+    'cluster': ['ray>=2.40', 'psycopg2-binary>=2.9'],
     # `criteria-cls tune`: Optuna studies whose trials are CVs judged on dev
     'tune': ['optuna>=4'],
 }
