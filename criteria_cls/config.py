@@ -56,6 +56,10 @@ SCHEMA['cv'] = {
                      'gets a warning (`criteria_cls.splits.small_dev_note`)'),
     'method': ('multilabel', str, '`multilabel`: iterative stratification over every criterion; `group`: '
                'StratifiedGroupKFold on the pairs (stratifies only the overall positive rate)'),
+    'holdout_ensemble': (False, bool, '`criteria-cls holdout`: `false` trains one model on `data.path` (less its dev '
+                         'part); `true` runs a CV on `data.path` (`cv.folds` folds, each with its dev part) and scores '
+                         'its fold ensemble (what `register` ships: mean probability, one threshold tuned on the '
+                         'pooled dev predictions) once on `data.test_path`'),
 }
 
 # %% ../nbs/00_config.ipynb #0433ae6b

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from types import SimpleNamespace
 import nbformat
+from tqdm.auto import tqdm
+import numpy as np
 from ipykernel.kernelspec import install
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 import criteria_cls
@@ -17,7 +19,9 @@ from .data import load_table
 from .splits import folds_from_params, write_folds
 from .report import origin_line, render_html
 from .data import text_table
-from .jobs import CVRun, holdout_parts, load_cv, run_dir, run_name, time_table
+from .jobs import CVRun, holdout_parts, load_cv, run_dir, run_name, time_table, with_post_text
+from .metrics import binary_metrics
+from .registry import load_predictor
 from . import cluster, tracking
 
 # %% auto #0
@@ -25,7 +29,8 @@ __all__ = ['KERNEL', 'KERNEL_ARGS', 'STUDY_NOTEBOOK', 'notebooks_dir', 'kernel_a
            'execute_notebook', 'data_tags', 'log_params_file', 'start_cv', 'create_fold_run', 'cells_after',
            'log_times', 'run_fold', 'close_stale_runs', 'run_aggregate', 'fold_headline', 'ui_command',
            'resume_command', 'register_command', 'cv_headline', 'format_times', 'run_cv', 'evidence_line',
-           'run_holdout', 'recipes_target', 'run_recipes', 'run_study_report']
+           'ensemble_test_scores', 'run_holdout_ensemble', 'run_holdout', 'recipes_target', 'run_recipes',
+           'run_study_report']
 
 # %% ../nbs/13_pipeline.ipynb #f485db84
 KERNEL = 'criteria-cls'
@@ -412,6 +417,50 @@ def _holdout_done(client, rid:str, p, name:str, nb:Path, notebook_s:float, t0:fl
     log(f'where the time went:\n{format_times(time_table({"holdout": m}))}')
     return {'run_id': rid, 'dir': d, 'report': report, 'metrics': m, 'times': times}
 
+# %% ../nbs/13_pipeline.ipynb #b4134e33
+def ensemble_test_scores(p, parent_id:str,     # params with `data.test_path`; a finished CV parent run
+                         progress:bool=True, chunk:int=256) -> tuple:
+    "`(predictions, test_* metrics, predictor)`: CV `parent_id`'s fold ensemble on `data.test_path`, at its threshold."
+    pred, test = load_predictor(f'runs:/{parent_id}', p.tracking.uri), load_table(p, 'test_path')
+    pairs = with_post_text(test.pairs[['post_id', 'criterion_id', 'label']], test.posts)
+    prob = [pred.predict(pairs.iloc[i:i + chunk].rename(columns={'text': 'post'})).probability.to_numpy()
+            for i in tqdm(range(0, len(pairs), chunk), desc=f'test pairs, {len(pred.scorers)} models',
+                          disable=not progress, leave=False)]
+    preds = pairs.drop(columns='text').assign(prob=np.concatenate(prob) if prob else [], threshold=pred.threshold)
+    m = binary_metrics(preds.label, preds.prob, pred.threshold)
+    return preds, {f'test_{k}': float(v) for k, v in m.items()}, pred
+
+# %% ../nbs/13_pipeline.ipynb #19ed323c
+def _log_ensemble_test(client, parent_id:str, d:Path, p, preds, m:dict) -> Path:
+    "Write the test predictions and `holdout_test.json` into the CV's folder and attach them to its parent run."
+    test = load_table(p, 'test_path')
+    preds.to_csv(d / 'holdout_test_predictions.csv', index=False)
+    doc = {'test_path': str(test.source), 'test_data_hash': test.content_hash(), 'pairs': len(preds),
+           'posts': int(preds.post_id.nunique()), 'metrics': m}
+    (d / 'holdout_test.json').write_text(json.dumps(doc, indent=1))
+    tracking.log_metrics(client, parent_id, m)
+    tracking.with_retry(client.set_tag, parent_id, 'test_data_hash', doc['test_data_hash'])
+    for f in ('holdout_test_predictions.csv', 'holdout_test.json'): tracking.log_artifact(client, parent_id, d / f, 'holdout')
+    return d / 'holdout_test.json'
+
+# %% ../nbs/13_pipeline.ipynb #c5aa257f
+def run_holdout_ensemble(params_file, overrides=(), progress:bool=True, log=print, given=None) -> dict:
+    "`cv.holdout_ensemble`: a CV on `data.path`, then its fold ensemble scored once on `data.test_path`."
+    t0, p = time.time(), load_params(params_file, overrides)
+    holdout_parts(p)   # both datasets valid and apart before anything is created
+    log(f'holdout of the fold ensemble: a {p.cv.folds}-fold CV on {p.data.path}, then its {p.cv.folds} fold models '
+        f'together on {p.data.test_path}')
+    r = run_cv(params_file, overrides, progress=progress, log=log, given=given)
+    ts, client = time.time(), tracking.get_client(p.tracking.uri)
+    preds, m, pred = ensemble_test_scores(p, r['parent_run_id'], progress)
+    m['test_seconds'] = time.time() - ts
+    doc = _log_ensemble_test(client, r['parent_run_id'], Path(r['dir']), p, preds, m)
+    log(f"fold ensemble ({len(pred.scorers)} models) on the test set ({m['test_n']:.0f} pairs): weighted F1 "
+        f"{m['test_weighted_f1']:.3f}, F1 {m['test_f1']:.3f}, ROC-AUC {m['test_roc_auc']:.3f} at threshold "
+        f"{pred.threshold:.2f} (tuned on {pred.meta.get('dev_pairs', '?')} pooled dev pairs); scored in "
+        f"{m['test_seconds']:.0f} s\ntest predictions and metrics: {doc}\nwall time {time.time() - t0:.0f} s")
+    return {**r, 'metrics': m, 'test': doc}
+
 # %% ../nbs/13_pipeline.ipynb #6f201224
 def run_holdout(params_file, overrides=(), progress:bool=True, log=print,
                 given=None,   # the overrides to record as typed (default: `overrides`)
@@ -420,6 +469,7 @@ def run_holdout(params_file, overrides=(), progress:bool=True, log=print,
     t0 = time.time()
     p = load_params(params_file, overrides)
     parts = holdout_parts(p)  # validate both datasets before creating anything
+    if p.cv.holdout_ensemble: return run_holdout_ensemble(params_file, overrides, progress, log, given)
     log(f'MLflow store: {p.tracking.uri}\nreports and model: {Path(p.report.dir) / p.experiment}')
     client = tracking.get_client(p.tracking.uri)
     origin = params_origin(params_file, overrides if given is None else given)

@@ -228,6 +228,32 @@ def test_holdout_on_imhi(tmp_path, root, bench):
     assert 'report/report.html' in artifacts(client, run.info.run_id, 'report')
 
 
+@smoke_store
+def test_holdout_ensemble_scores_the_fold_ensemble(smoke_cv, tmp_path):
+    """`cv.holdout_ensemble`'s test step: the CV's fold ensemble (what `register` ships) scores every test pair once, at
+    the threshold tuned on the pooled dev predictions; scoring in chunks changes nothing; the metrics are the pairs'."""
+    from criteria_cls.config import load_params
+    from criteria_cls.pipeline import ensemble_test_scores
+    src, sub = ROOT / 'data' / 'redsm5_demo', tmp_path / 'test_posts'
+    sub.mkdir()
+    posts = pd.read_csv(src / 'redsm5_posts.csv').iloc[::20]             # 13 posts as a test set
+    posts.to_csv(sub / 'redsm5_posts.csv', index=False)
+    ann = pd.read_csv(src / 'redsm5_annotations.csv')
+    ann[ann.post_id.isin(posts.post_id)].to_csv(sub / 'redsm5_annotations.csv', index=False)
+    uri, parent = smoke_cv['env']['MLFLOW_TRACKING_URI'], smoke_cv['parent'].info.run_id
+    p = load_params(ROOT / 'params' / 'smoke.yaml', [f'tracking.uri={uri}', f'data.test_path={sub}'])
+    preds, m, pred = ensemble_test_scores(p, parent, progress=False, chunk=8)
+    s = json.loads((smoke_cv['dir'] / 'summary.json').read_text())
+    assert len(pred.scorers) == s['folds'] == 2 and pred.threshold == pytest.approx(s['ensemble']['threshold'])
+    assert len(preds) == 3 * len(posts) and set(preds.post_id) == set(posts.post_id)   # A1, A4, A9 of each post
+    whole = pred.predict(preds.assign(post=preds.post_id.map(dict(zip(posts.post_id, posts.text)))))
+    np.testing.assert_allclose(preds.prob, whole.probability, atol=5e-3)   # bf16 (AVX512-BF16 CPUs): other batches,
+                                                                           # other padding, the 3rd decimal moves
+    ref = binary_metrics(preds.label, preds.prob, pred.threshold)
+    assert m['test_weighted_f1'] == pytest.approx(ref['weighted_f1']) and m['test_n'] == len(preds)
+    assert 0 < preds.label.sum() < len(preds) and preds.prob.between(0, 1).all()
+
+
 def test_outside_the_project_fold_by_fold_kill_and_resume(request, tmp_path):
     """A params file kept outside the project extends params/smoke.yaml by absolute path and runs from a third folder:
     the project's data is found, the store and reports go beside the params file. The CV is set up without running
