@@ -4,7 +4,7 @@
 
 # %% ../nbs/12d_cluster.ipynb #010c3021
 from __future__ import annotations
-import copy, hashlib, json, shutil, socket, sys, tempfile, time
+import copy, hashlib, json, os, shutil, socket, sys, tempfile, time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -194,8 +194,10 @@ def collect_outputs(client, run_id:str, fold:int, d:Path) -> list:
     return sorted(names + [model.name])
 
 # %% ../nbs/12d_cluster.ipynb #28786a30
-def ray_fold(cv:CVRun, fold:int, run_fold) -> dict:
+def ray_fold(cv:CVRun, fold:int, run_fold,
+             env:dict|None=None) -> dict:   # the driver's MLflow retry settings (`tracking.retry_env`)
     "Fold `fold` of `cv` on this (Ray worker's) node with `run_fold`; the run id, where inputs came from, times."
+    os.environ.update(env or {})   # this worker serves only this driver's job: its folds all carry the same values
     t0, client = time.time(), tracking.get_client(cv.tracking_uri)
     closed = close_attempts(client, cv.parent_id, fold, 'KILLED', 'its Ray worker ended mid-fold; Ray ran it again')
     p, how = local_inputs(client, cv.parent_id, cv.p, Path(tempfile.gettempdir()) / 'criteria-cls-inputs')
@@ -234,7 +236,7 @@ def run_folds_ray(eng:RayEngine, cv:CVRun, todo:list, jobs:int|None, run_fold,
     waiting, running, out = list(todo), {}, {}
     while waiting or running:
         while waiting and len(running) < (jobs or len(todo)):
-            k = waiting.pop(0); running[task.remote(cv, k, run_fold)] = (k, time.time())
+            k = waiting.pop(0); running[task.remote(cv, k, run_fold, tracking.retry_env())] = (k, time.time())
         [ref], _ = ray.wait(list(running), num_returns=1)
         k, t0 = running.pop(ref)
         try: out[k] = ray.get(ref)

@@ -565,12 +565,23 @@ the best trial's values: run it with `cv` or `holdout`), `trials.csv` and the re
 has a study run with a child run per trial.
 """
 
+# %% ../nbs/00_config.ipynb #8ddc0976
+_SECTION_NOTES = {'tracking': """
+A tracking server that restarts or drops out mid-run is waited for: MLflow's client retries each call to it
+(connection errors, 429 and 5xx answers) with exponential backoff, for a budget that MLflow's environment variables
+set, not a params key (set them where `criteria-cls` runs; the Ray engine hands the driver's to every fold):
+`MLFLOW_HTTP_REQUEST_MAX_RETRIES` (default 7, at most 10) retries, the first at once, the next after twice
+`MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR` (default 2) seconds, each wait double the last and at most 120 s: 244 s in all
+by default, 604 s with 10 retries (`tracking.http_retry_budget()`). Past it the call fails with `StoreUnreachable`,
+which names the budget and these variables."""}
+
 # %% ../nbs/00_config.ipynb #eb51309b
 def params_reference() -> str:
     "The params reference as Markdown: per section, each key's default, accepted values and meaning (from `SCHEMA`)."
     parts = [_REFERENCE_HEAD, '## Top level', '', *_TABLE_HEAD, *_reference_rows(SCHEMA)]
     for s, keys in SCHEMA.items():
-        if isinstance(keys, dict): parts += ['', f'## `{s}`', '', *_TABLE_HEAD, *_reference_rows(keys, f'{s}.')]
+        if isinstance(keys, dict): parts += ['', f'## `{s}`', '', *_TABLE_HEAD, *_reference_rows(keys, f'{s}.'),
+                                             *_SECTION_NOTES.get(s, '').splitlines()]
     return '\n'.join(parts) + '\n' + _SPACES_SECTION
 
 # %% ../nbs/00_config.ipynb #b8f06c19

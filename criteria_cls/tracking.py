@@ -10,12 +10,15 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
+from urllib3.util.retry import RequestHistory, Retry
 from .config import InputError, load_params, params_dict, project_root
 
 # %% auto #0
-__all__ = ['artifact_location', 'with_retry', 'get_client', 'ensure_experiment', 'flatten', 'start_run', 'end_run', 'log_params',
-           'log_metrics', 'log_artifact', 'log_frame', 'load_frame', 'load_json', 'params_from_run', 'origin_tags',
-           'run_origin', 'child_runs', 'latest_fold_runs', 'run_store_hint', 'existing_store', 'kernel_env']
+__all__ = ['artifact_location', 'with_retry', 'StoreUnreachable', 'http_retry_budget', 'retry_env', 'get_client',
+           'ensure_experiment', 'flatten', 'start_run', 'end_run', 'log_params', 'log_metrics', 'log_artifact',
+           'log_frame', 'load_frame', 'load_json', 'params_from_run', 'origin_tags', 'run_origin', 'child_runs',
+           'latest_fold_runs', 'run_store_hint', 'existing_store', 'kernel_env']
 
 # %% ../nbs/07_tracking.ipynb #e010302b
 def artifact_location(uri:str, location:str) -> str|None:
@@ -32,12 +35,47 @@ def _transient(e:BaseException) -> bool:
     return any(s in str(e).lower() for s in _TRANSIENT)
 
 def with_retry(fn, *args, tries:int=8, base:float=0.25, max_wait:float=8.0, **kwargs):
-    "Call `fn(*args, **kwargs)`, retrying transient store errors with exponential backoff."
+    "Call `fn(*args, **kwargs)`, retrying transient store errors with backoff; `StoreUnreachable` when they last."
+    t0 = time.time()
     for i in range(tries):
         try: return fn(*args, **kwargs)
         except Exception as e:
-            if i == tries - 1 or not _transient(e): raise
+            if not _transient(e): raise
+            if i == tries - 1 or 'max retries exceeded' in str(e).lower():   # MLflow's own retries ran out
+                raise _gave_up(e, i + 1, time.time() - t0) from e
             time.sleep(min(max_wait, base * 2**i) * (0.5 + random.random()))
+
+# %% ../nbs/07_tracking.ipynb #6b1dc11b
+class StoreUnreachable(InputError):
+    "A call to the MLflow store that still failed when its retries ran out; `reason`: the last error's first line."
+    def __init__(self, msg:str, reason:str=''): super().__init__(msg); self.reason = reason
+
+def http_retry_budget() -> float:
+    "Seconds MLflow's HTTP client waits, in all, between the tries of one call that cannot connect (jitter aside)."
+    n = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()
+    r, total = Retry(total=n, backoff_factor=MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()), 0.0
+    for _ in range(n):
+        r = r.new(history=(*r.history, RequestHistory('POST', None, None, None, None)))
+        total += r.get_backoff_time()
+    return total
+
+def _gave_up(e:Exception, tries:int, seconds:float) -> StoreUnreachable:
+    "The error for a store call that failed `tries` times over `seconds`, the last time with transient error `e`."
+    reason = str(e).strip().splitlines()[0][:500]
+    if 'max retries exceeded' not in str(e).lower():
+        return StoreUnreachable(f"the MLflow store still failed after {tries} tries over {seconds:.0f} s: {reason}",
+                                reason)
+    n, f = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()
+    return StoreUnreachable((
+        f"the MLflow tracking server did not answer for {seconds:.0f} s: {reason}. MLflow's client retried each "
+        f"call for up to {http_retry_budget():.0f} s (MLFLOW_HTTP_REQUEST_MAX_RETRIES={n}, "
+        f"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR={f}). Check that the server runs and that this machine reaches it; "
+        f"to wait through longer outages, raise them in the environment criteria-cls runs in"), reason)
+
+# %% ../nbs/07_tracking.ipynb #9c74a71c
+def retry_env() -> dict:
+    "MLflow's HTTP retry settings (`MLFLOW_HTTP_REQUEST_*`) of this process's environment, for processes elsewhere."
+    return {k: v for k, v in os.environ.items() if k.startswith('MLFLOW_HTTP_REQUEST_')}
 
 # %% ../nbs/07_tracking.ipynb #daddecb4
 def get_client(uri:str, check:bool=True, tries:int=5) -> MlflowClient:
@@ -47,7 +85,8 @@ def get_client(uri:str, check:bool=True, tries:int=5) -> MlflowClient:
     if check:
         try: with_retry(client.search_experiments, max_results=1, tries=tries)
         except Exception as e:
-            raise InputError(f"cannot reach the MLflow tracking store at {uri}: {str(e).splitlines()[0][:300]}. "
+            why = getattr(e, 'reason', str(e).splitlines()[0])   # `StoreUnreachable`: the error, not the budget
+            raise InputError(f"cannot reach the MLflow tracking store at {uri}: {why[:300]}. "
                              f"Start the server, fix MLFLOW_TRACKING_URI / tracking.uri, or unset it to use the "
                              f"local sqlite:///mlflow.db.") from None
     return client

@@ -1,7 +1,8 @@
 """The Ray engine end to end: a real Ray cluster (a head and two worker nodes, each its own `ray start` process tree
 on loopback) and a real MLflow tracking server on PostgreSQL (`.ci/tracking_server.sh`); the smoke CV run through
-them with the data in a folder the worker nodes cannot see, and one worker node killed mid-fold."""
-import json, os, shutil, signal, subprocess, sys, tempfile, time
+them with the data in a folder the worker nodes cannot see, one worker node killed mid-fold, and the tracking server
+restarted while a later fold runs."""
+import json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
 from contextlib import ExitStack
 from pathlib import Path
 import psutil, pytest, torch
@@ -32,12 +33,42 @@ def kill_tree(pid:int):
         except psutil.NoSuchProcess: pass
 
 
+def _cmd(p) -> str:
+    try: return ' '.join(p.cmdline())
+    except psutil.Error: return ''
+
+
+def notebooks(pid:int) -> list:
+    "The papermill processes (one per fold notebook) in the process tree of `pid` (a Ray node)."
+    return [p for p in tree(pid) if 'papermill' in _cmd(p)]
+
+
 def runs_papermill(pid:int) -> bool:
     "Whether a fold notebook runs in the process tree of `pid` (a Ray node)."
-    def cmd(p):
-        try: return ' '.join(p.cmdline())
-        except psutil.Error: return ''
-    return any('papermill' in cmd(p) for p in tree(pid))
+    return bool(notebooks(pid))
+
+
+def restart_server(c:dict, node:int, cv:subprocess.Popen) -> dict|None:
+    """Once a fold notebook runs on node `node`: stop the tracking server; when something calls it (a socket on its
+    port takes the call and drops it), start it again on the same folder (its PostgreSQL data) and port. The fold, its
+    Ray worker's pid, whether the caller was a process of that node, when the server was down and when up again."""
+    while cv.poll() is None and not (nbs := notebooks(node)): time.sleep(0.5)
+    if cv.poll() is not None: return None
+    nb, d, port = nbs[0], str(c['base'] / 'tracking'), int(c['uri'].rsplit(':', 1)[1])
+    fold, worker = int(re.search(r'fold_(\d+)\.ipynb', _cmd(nb))[1]), nb.ppid()
+    subprocess.run(['bash', str(SERVER), 'stop', d], env=c['env'], check=True, timeout=120)
+    t_down, alive = time.time(), [nb.is_running()]
+    with pytest.raises(ConnectionRefusedError): socket.create_connection(('127.0.0.1', port), 2)
+    with socket.create_server(('127.0.0.1', port)) as s:
+        s.settimeout(300); call, peer = s.accept()
+        caller = next((k.pid for k in psutil.net_connections('tcp') if k.laddr and tuple(k.laddr) == peer), None)
+        call.close(); t_call = time.time()
+    r = subprocess.run(['bash', str(SERVER), 'start', d, str(port)], env=c['env'], capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0 and r.stdout.strip() == c['uri'], r.stderr
+    alive.append(nb.is_running())
+    return {'fold': fold, 'worker': worker, 'from_node': caller in {p.pid for p in tree(node)}, 'down': t_down,
+            'called': t_call, 'up': time.time(), 'alive': alive}
 
 
 class Cluster:
@@ -132,15 +163,17 @@ def test_ray_engine_survives_a_killed_node_and_matches_local(cluster_env, tmp_pa
         run_cv(ROOT / 'params' / 'smoke.yaml', [f"tracking.uri={c['uri']}", *smoke_overrides(tmp_path, 'e2e-ray'),
                                                 'run.engine=ray', f"run.address={c['address']}", 'run.num_gpus=1'])
     assert client.get_experiment_by_name('e2e-ray') is None
-    # the smoke CV, one fold at a time; the node running the first fold is killed a few seconds into it
+    # the smoke CV, one fold at a time; the node running the first fold is killed a few seconds into it, then the
+    # tracking server (and its PostgreSQL) restarted while the next fold notebook runs on the surviving node
     t0, proc = time.time(), start_cv(c, tmp_path, '--jobs', '1')
-    killed = None
+    killed = restart = None
     try:
         while proc.poll() is None and killed is None:
             busy = [n for n in ('a', 'b') if runs_papermill(nodes[n].pid)]
             if busy:
                 time.sleep(4); kill_tree(nodes[busy[0]].pid); killed = busy[0]
             time.sleep(0.5)
+        if killed: restart = restart_server(c, nodes['b' if killed == 'a' else 'a'].pid, proc)
         out, err = proc.communicate(timeout=900)
     finally:
         kill_tree(proc.pid)                       # the CLI (the Ray driver), should the test fail before it ends
@@ -148,7 +181,13 @@ def test_ray_engine_survives_a_killed_node_and_matches_local(cluster_env, tmp_pa
     assert killed is not None, 'no fold notebook was seen running on a worker node'
     survivor = 'b' if killed == 'a' else 'a'
     assert nodes[killed].poll() is not None and nodes[survivor].poll() is None
-    print(f'Ray engine CV with a node killed: {time.time() - t0:.0f} s')
+    # the server was really down (refusing connections) while the fold's notebook ran, before and after, and the
+    # fold's processes on that node called it meanwhile
+    assert restart is not None, 'no fold notebook was seen running on the surviving node'
+    down = restart['up'] - restart['down']
+    assert down > 0 and restart['alive'] == [True, True] and restart['from_node'], restart
+    print(f"Ray engine CV with a node killed and the tracking server down {down:.0f} s during fold {restart['fold']} "
+          f"(called after {restart['called'] - restart['down']:.0f} s): {time.time() - t0:.0f} s")
     exp = client.get_experiment_by_name('e2e-ray')
     [parent] = client.search_runs([exp.experiment_id], filter_string="tags.kind = 'cv'")
     kids = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -157,6 +196,10 @@ def test_ray_engine_survives_a_killed_node_and_matches_local(cluster_env, tmp_pa
     assert parent.info.status == 'FINISHED' and finished == [0, 1], [(r.data.tags, r.info.status) for r in kids]
     # the killed attempt's run is closed (not left RUNNING), and says why
     assert len(lost) == 1 and lost[0].info.status == 'KILLED' and 'Ray ran it again' in lost[0].data.tags['closed_by']
+    # the fold that ran through the restart is the one that finished: its run began before and ended after it
+    [through] = [r for r in kids if r.info.status == 'FINISHED' and r.data.tags['fold'] == str(restart['fold'])]
+    assert through.data.tags['pid'] == str(restart['worker'])
+    assert through.info.start_time < restart['down'] * 1000 and through.info.end_time > restart['up'] * 1000
     # the workers fetched the data from the parent run (their disk shows an empty folder there) and checked it
     for r in kids:
         if r.info.status == 'FINISHED': assert json.loads(r.data.tags['inputs'])['data.path'] == 'fetched'
