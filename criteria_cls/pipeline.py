@@ -421,6 +421,7 @@ def _holdout_done(client, rid:str, p, name:str, nb:Path, notebook_s:float, t0:fl
 def ensemble_test_scores(p, parent_id:str,     # params with `data.test_path`; a finished CV parent run
                          progress:bool=True, chunk:int=256) -> tuple:
     "`(predictions, test_* metrics, predictor)`: CV `parent_id`'s fold ensemble on `data.test_path`, at its threshold."
+    os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')   # no bar per downloaded model
     pred, test = load_predictor(f'runs:/{parent_id}', p.tracking.uri), load_table(p, 'test_path')
     pairs = with_post_text(test.pairs[['post_id', 'criterion_id', 'label']], test.posts)
     prob = [pred.predict(pairs.iloc[i:i + chunk].rename(columns={'text': 'post'})).probability.to_numpy()
