@@ -419,10 +419,11 @@ def _holdout_done(client, rid:str, p, name:str, nb:Path, notebook_s:float, t0:fl
 
 # %% ../nbs/13_pipeline.ipynb #b4134e33
 def ensemble_test_scores(p, parent_id:str,     # params with `data.test_path`; a finished CV parent run
-                         progress:bool=True, chunk:int=256) -> tuple:
+                         progress:bool=True, chunk:int=256,
+                         test=None) -> tuple:            # the `data.test_path` PairTable, if already loaded
     "`(predictions, test_* metrics, predictor)`: CV `parent_id`'s fold ensemble on `data.test_path`, at its threshold."
     os.environ.setdefault('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', 'false')   # no bar per downloaded model
-    pred, test = load_predictor(f'runs:/{parent_id}', p.tracking.uri), load_table(p, 'test_path')
+    pred, test = load_predictor(f'runs:/{parent_id}', p.tracking.uri), test or load_table(p, 'test_path')
     pairs = with_post_text(test.pairs[['post_id', 'criterion_id', 'label']], test.posts)
     prob = [pred.predict(pairs.iloc[i:i + chunk].rename(columns={'text': 'post'})).probability.to_numpy()
             for i in tqdm(range(0, len(pairs), chunk), desc=f'test pairs, {len(pred.scorers)} models',
@@ -432,16 +433,16 @@ def ensemble_test_scores(p, parent_id:str,     # params with `data.test_path`; a
     return preds, {f'test_{k}': float(v) for k, v in m.items()}, pred
 
 # %% ../nbs/13_pipeline.ipynb #19ed323c
-def _log_ensemble_test(client, parent_id:str, d:Path, p, preds, m:dict) -> Path:
+def _log_ensemble_test(client, parent_id:str, d:Path, test, preds, m:dict) -> Path:
     "Write the test predictions and `holdout_test.json` into the CV's folder and attach them to its parent run."
-    test = load_table(p, 'test_path')
     preds.to_csv(d / 'holdout_test_predictions.csv', index=False)
     doc = {'test_path': str(test.source), 'test_data_hash': test.content_hash(), 'pairs': len(preds),
            'posts': int(preds.post_id.nunique()), 'metrics': m}
     (d / 'holdout_test.json').write_text(json.dumps(doc, indent=1))
     tracking.log_metrics(client, parent_id, m)
     tracking.with_retry(client.set_tag, parent_id, 'test_data_hash', doc['test_data_hash'])
-    for f in ('holdout_test_predictions.csv', 'holdout_test.json'): tracking.log_artifact(client, parent_id, d / f, 'holdout')
+    for f in ('holdout_test_predictions.csv', 'holdout_test.json'):
+        tracking.log_artifact(client, parent_id, d / f, 'holdout')
     return d / 'holdout_test.json'
 
 # %% ../nbs/13_pipeline.ipynb #c5aa257f
@@ -449,13 +450,14 @@ def run_holdout_ensemble(params_file, overrides=(), progress:bool=True, log=prin
     "`cv.holdout_ensemble`: a CV on `data.path`, then its fold ensemble scored once on `data.test_path`."
     t0, p = time.time(), load_params(params_file, overrides)
     holdout_parts(p)   # both datasets valid and apart before anything is created
+    test = load_table(p, 'test_path')
     log(f'holdout of the fold ensemble: a {p.cv.folds}-fold CV on {p.data.path}, then its {p.cv.folds} fold models '
         f'together on {p.data.test_path}')
     r = run_cv(params_file, overrides, progress=progress, log=log, given=given)
     ts, client = time.time(), tracking.get_client(p.tracking.uri)
-    preds, m, pred = ensemble_test_scores(p, r['parent_run_id'], progress)
+    preds, m, pred = ensemble_test_scores(p, r['parent_run_id'], progress, test=test)
     m['test_seconds'] = time.time() - ts
-    doc = _log_ensemble_test(client, r['parent_run_id'], Path(r['dir']), p, preds, m)
+    doc = _log_ensemble_test(client, r['parent_run_id'], Path(r['dir']), test, preds, m)
     log(f"fold ensemble ({len(pred.scorers)} models) on the test set ({m['test_n']:.0f} pairs): weighted F1 "
         f"{m['test_weighted_f1']:.3f}, F1 {m['test_f1']:.3f}, ROC-AUC {m['test_roc_auc']:.3f} at threshold "
         f"{pred.threshold:.2f} (tuned on {pred.meta.get('dev_pairs', '?')} pooled dev pairs); scored in "
@@ -469,8 +471,8 @@ def run_holdout(params_file, overrides=(), progress:bool=True, log=print,
     "Train on `data.path`, test on `data.test_path`; one run and one report."
     t0 = time.time()
     p = load_params(params_file, overrides)
-    parts = holdout_parts(p)  # validate both datasets before creating anything
     if p.cv.holdout_ensemble: return run_holdout_ensemble(params_file, overrides, progress, log, given)
+    parts = holdout_parts(p)  # validate both datasets before creating anything
     log(f'MLflow store: {p.tracking.uri}\nreports and model: {Path(p.report.dir) / p.experiment}')
     client = tracking.get_client(p.tracking.uri)
     origin = params_origin(params_file, overrides if given is None else given)
