@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, tempfile, time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 import numpy as np, pandas as pd
 from .config import InputError, params_hash
@@ -15,12 +16,11 @@ from .metrics import (binary_metrics, bootstrap_ci, criterion_table, evidence_ra
                                   tfidf_baseline)
 from .metrics import Calibration, calibration_metrics
 from scipy.special import expit, logit
-from .artifacts import save_fold_model
-from .evidence import cosine_sentence_scores
-from .train import FoldResult, calibrate_result, probe_fold, torch_setup, train_fold
 from . import tracking
-from .registry import ensemble_calibration, ensemble_threshold
 from .report import origin_line
+# torch, transformers and peft (train, artifacts, evidence, registry) are imported inside the functions that train or
+# score: setting up a CV, aggregating it and the CLI then start in seconds, not in ~10
+if TYPE_CHECKING: from criteria_cls.train import FoldResult
 
 # %% auto #0
 __all__ = ['METRICS', 'CI_METRICS', 'TIME_STAGES', 'CAL_COLUMNS', 'run_name', 'run_dir', 'CVRun', 'load_cv', 'holdout_parts',
@@ -170,6 +170,7 @@ def _save_evidence(client, run_id:str, result:FoldResult, out:Path, stem:str):
 # %% ../nbs/12_jobs.ipynb #24b651a2
 def _save_fold_outputs(client, run, result:FoldResult, test:pd.DataFrame, m:dict, probe, out:Path, p):
     "Write a trained fold's predictions, evidence and model folder (with its probe) under `out` and log the model."
+    from criteria_cls.artifacts import save_fold_model  # noqa: PLC0415  (torch)
     run_id, k = run.info.run_id, int(run.data.tags.get('fold', -1))
     stem = f'fold_{k}' if run.data.tags.get('kind') == 'fold' else 'holdout'
     test.to_csv(out / f'{stem}_test_predictions.csv', index=False)
@@ -191,6 +192,7 @@ def fold_job(run_id:str,                  # the fold's (or holdout's) child run
              progress='log',              # train_fold's progress: 'log' (a line per epoch on stderr), True, False
             ) -> FoldOutcome:
     "Train and log the fold (or holdout) that child run `run_id` stands for."
+    from criteria_cls.train import calibrate_result, probe_fold, torch_setup, train_fold  # noqa: PLC0415  (torch)
     t0 = time.perf_counter()
     client = tracking.get_client(tracking_uri)
     run = tracking.with_retry(client.get_run, run_id)
@@ -331,6 +333,7 @@ def holdout_evidence(p, test:pd.DataFrame,     # the holdout's test predictions:
     if scores is None or not p.data.test_path: return None
     t = load_table(p, 'test_path')
     if not len(t.sentences): return None
+    from criteria_cls.evidence import cosine_sentence_scores  # noqa: PLC0415  (torch)
     cos = cosine_sentence_scores(p, t.posts, t.criteria, set(zip(test.post_id, test.criterion_id)))
     doc = evidence_doc(scores, t.sentences, p.metrics.bootstrap, p.seed, cos)
     if doc is None: return None
@@ -464,6 +467,7 @@ class Aggregate:
 def ensemble_doc(client, latest:dict) -> dict:
     "`summary.json`'s `ensemble`: what `register` ships for the CV, its fold runs and their pooled-dev threshold."
     runs = [latest[k] for k in sorted(latest)]
+    from criteria_cls.registry import ensemble_threshold  # noqa: PLC0415  (torch)
     e = ensemble_threshold(client, runs)
     return {'folds': sorted(latest), 'run_ids': [r.info.run_id for r in runs], 'threshold': _r4(e['threshold']),
             'dev_pairs': e['dev_pairs'], 'select': e['select'], 'calibration': e['calibration']}
@@ -541,6 +545,7 @@ def pooled_calibration(preds:pd.DataFrame,   # pooled test predictions: post_id,
     "`(preds on one scale, the calibration)`: the ensemble's (`registry.ensemble_calibration`, fitted on the pooled"
     "dev scores) applied to `prob_raw` and to each fold's threshold before its own calibration (decisions unchanged)."
     if 'prob_raw' not in preds or 'prob_raw' not in dev: return preds, {}
+    from criteria_cls.registry import ensemble_calibration  # noqa: PLC0415  (torch)
     cal, out, own = ensemble_calibration(dev, method, seed), preds.copy(), fold_cal.set_index('fold')
     out['prob'] = cal.apply(preds.prob_raw.to_numpy())
     for k, g in preds.groupby('fold'):
@@ -578,6 +583,7 @@ def aggregate_job(parent_id:str, tracking_uri:str, output_dir:str|Path|None=None
     base_ev = None
     if oof is not None and len(table.sentences):      # the zero-shot reference, on the positive pairs only
         pos = preds[preds.label == 1]
+        from criteria_cls.evidence import cosine_sentence_scores  # noqa: PLC0415  (torch)
         base_ev = cosine_sentence_scores(p, table.posts, table.criteria, set(zip(pos.post_id, pos.criterion_id)))
     if ev := evidence_doc(oof, table.sentences, p.metrics.bootstrap, p.seed, base_ev):
         if (fa := _fold_tables(client, latest, n, 'test_faithfulness')) is not None and len(fa):

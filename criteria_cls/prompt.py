@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fastcore.basics import patch
 import pandas as pd
-from transformers import DataCollatorWithPadding
 from .config import DEFAULT_TEMPLATE, InputError
 from .data import split_sentences
 
@@ -184,6 +183,7 @@ def encode_shared(self:PromptEncoder, posts, criteria) -> tuple:
 # %% ../nbs/04_prompt.ipynb #6a0c097d
 def make_collator(tokenizer, pad_to:int|None=None):
     "A collator that pads each batch to its longest pair (or to `pad_to` tokens, for benchmarks); labels pass through."
+    from transformers import DataCollatorWithPadding  # noqa: PLC0415  (transformers)
     if pad_to: return DataCollatorWithPadding(tokenizer, padding='max_length', max_length=pad_to, return_tensors='pt')
     return DataCollatorWithPadding(tokenizer, padding='longest', return_tensors='pt')
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, re, shutil, tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 import pandas as pd, yaml
@@ -15,7 +16,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 from .config import InputError
-from .infer import POST_COLUMNS, TEXT_COLUMNS, Predictor, _first, load_folder, row_problem
+# infer (torch, transformers, peft) is imported where a model is loaded: the thresholds and the registry calls
+# of an aggregation, and the CLI, start without them
+if TYPE_CHECKING: from criteria_cls.infer import Predictor
 from .metrics import Calibration, best_threshold, fit_calibration
 from . import tracking
 
@@ -142,6 +145,7 @@ def pyfunc_members(folder:Path) -> tuple:
 # %% ../nbs/09_registry.ipynb #d1e4bde6
 def _from_pyfunc(d:Path, uri:str) -> Predictor:
     "The predictor of a pyfunc model folder."
+    from criteria_cls.infer import Predictor  # noqa: PLC0415  (torch)
     cfg, members = pyfunc_members(d)
     return Predictor.from_folders(members, cfg['threshold'], uri, cfg.get('meta'))
 
@@ -178,6 +182,7 @@ def load_predictor(uri:str,                # runs:/<id>, models:/<name>@<alias> 
                    fold:int|None=None,     # a CV parent run: only this fold's model, at its own threshold
                   ) -> Predictor:
     "Load a predictor from a run, a registered model or a local folder."
+    from criteria_cls.infer import Predictor  # noqa: PLC0415  (torch)
     uri = str(uri)
     if fold is not None and not uri.startswith('runs:/'):
         raise InputError(f"{uri}: --fold K picks one fold of a CV parent run (runs:/<cv run id>)")
@@ -212,6 +217,7 @@ def request_rows(rows,             # a request: a DataFrame or a list of dicts
                  texts:bool=True,  # whether the model scores any criterion text (a pair head)
                 ) -> pd.DataFrame:
     "`row, post, criterion_id, criterion` per pair asked for: a post alone is one pair per known criterion."
+    from criteria_cls.infer import POST_COLUMNS, TEXT_COLUMNS, _first, row_problem  # noqa: PLC0415  (torch)
     if isinstance(rows, pd.DataFrame) and rows.columns.empty:   # MLflow drops the fields its signature lacks
         raise InputError("no field the model reads: give each row the post as 'text' (or 'post'), and its "
                          "'criterion_id' (none: every criterion)")
@@ -244,6 +250,7 @@ class CriteriaClsModel(mlflow.pyfunc.PythonModel):
     # no type hints on `predict`: the explicit signature (`pyfunc_signature`) is the contract
     _skip_type_hint_validation = True
     def load_context(self, context):
+        from criteria_cls.infer import Predictor  # noqa: PLC0415  (torch)
         cfg = json.loads(Path(context.artifacts['config']).read_text())
         self.predictor = Predictor.from_folders([context.artifacts[k] for k in cfg['members']], cfg['threshold'],
                                                 cfg.get('source', ''), cfg.get('meta'))
@@ -378,6 +385,7 @@ def _announce(client, rm:RunModels, alias:str|None, log) -> str|None:
 # %% ../nbs/09_registry.ipynb #0fd940c8
 def _staged(client, rm:RunModels, run_id:str, td:Path) -> tuple:
     "`(predictor, meta, {name: folder})`: the fold folders copied under `td/stage` and loaded; meta with the CV F1."
+    from criteria_cls.infer import Predictor, load_folder  # noqa: PLC0415  (torch)
     meta, arts = rm.meta, _stage(rm.folders, rm.members, td / 'stage')
     if meta.get('cv_f1') is None and meta.get('parent_run_id'):
         meta['cv_f1'] = tracking.with_retry(client.get_run, meta['parent_run_id']).data.metrics.get('oof_f1')

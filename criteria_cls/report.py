@@ -11,8 +11,6 @@ import html
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 import seaborn as sns
-import nbformat
-from nbconvert import HTMLExporter
 from sklearn.metrics import confusion_matrix
 from .config import home_of
 from .data import split_sentences
@@ -347,6 +345,8 @@ def glossary(terms:list|None=None) -> str:
 # %% ../nbs/11_report.ipynb #236bf16d
 def render_html(ipynb, html=None, hide_input:bool=False, title:str|None=None) -> Path:
     "Render an executed notebook to a self-contained HTML file."
+    import nbformat  # noqa: PLC0415  (3 s)
+    from nbconvert import HTMLExporter  # noqa: PLC0415  (3 s)
     ipynb = Path(ipynb)
     html = Path(html) if html else ipynb.with_suffix('.html')
     nb = nbformat.read(ipynb, as_version=4)

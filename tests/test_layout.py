@@ -69,3 +69,16 @@ def test_each_module_imports_only_earlier_notebooks():
     assert len(set(number.values())) == len(number), f'two modules from one notebook number: {number}'
     late = [(m, n) for m, p in mods.items() for n in package_imports(p) if n != m and number[n] >= number[m]]
     assert not late, f'modules importing a later notebook (module, imported): {late}'
+
+
+def test_orchestration_imports_no_model_library():
+    """What sets up, runs and aggregates a CV (the CLI, pipeline, jobs, registry, tune, cluster) imports neither torch
+    nor transformers nor peft nor nbconvert at module level: each `criteria-cls` command, each aggregation kernel and
+    each bad-input error starts in seconds; those libraries load inside the functions that train or score."""
+    import subprocess, sys
+    code = ('import sys, json\nimport criteria_cls.cli, criteria_cls.pipeline, criteria_cls.jobs, criteria_cls.registry, '
+            'criteria_cls.tune, criteria_cls.cluster, criteria_cls.compare\n'
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'peft', 'nbconvert') if m in sys.modules)))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split('\n')[-2] == '[]', f'imported at module level: {r.stdout}'
