@@ -1,4 +1,5 @@
-"`criteria-cls tune` killed mid-trial and rerun: the study goes on, the dead trial retried, no finished trial lost."
+"""`criteria-cls tune` killed mid-trial and rerun: the study goes on, the dead trial retried, no finished trial lost;
+then more trials in two worker processes (`--jobs 2`) on the same storage."""
 import os, signal, subprocess, time
 import optuna, yaml
 from mlflow import MlflowClient
@@ -59,3 +60,13 @@ def test_tune_killed_mid_trial_continues_on_rerun(tmp_path):
     assert kids['trial-2'].data.tags['retry_of'] == '1'
     folds = client.get_metric_history(kids['trial-2'].info.run_id, 'dev_f1_fold')
     assert sorted(m.step for m in folds) == [0, 1]                     # its folds, as steps
+
+    # more trials, two worker processes side by side on the one storage (--jobs 2): the study grows, nothing rerun
+    r = run_cli(env, *args[:-3], '--trials', 4, '--jobs', 2, '--quiet')
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = optuna.load_study(study_name=name, storage=storage).trials
+    new = [t for t in after[3:] if t.state.name == 'COMPLETE']
+    assert [t.state.name for t in after[:3]] == ['COMPLETE', 'FAIL', 'COMPLETE'] and len(new) >= 2, after
+    assert [(t.datetime_complete, t.value) for t in after[:3:2]] == [(t.datetime_complete, t.value) for t in trials[::2]]
+    pids = {t.user_attrs['pid'] for t in new}
+    assert len(pids) == 2 and not pids & {t.user_attrs['pid'] for t in after[:3]}, [t.user_attrs for t in new]
