@@ -358,8 +358,8 @@ def _predict_file(args) -> int:
         raise InputError('--input and --output go together (e.g. --input pairs.jsonl --output scored.jsonl)')
     if args.post or args.criterion or args.criterion_text:
         raise InputError('give --post/--criterion or --input/--output, not both')
+    if not os.path.exists(args.input): raise InputError(f"{args.input}: input file not found")   # before torch loads
     from criteria_cls.infer import predict_file
-    if not os.path.exists(args.input): raise InputError(f"{args.input}: input file not found")
     pred = _predictor(args)
     r = predict_file(pred, args.input, args.output, args.batch_size, progress=False if args.quiet else None)
     say(f"wrote {r['rows']} rows to {r['output']} ({r['positive']} labelled 1 at threshold {r['threshold']:.2f})")

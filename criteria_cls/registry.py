@@ -181,8 +181,7 @@ def load_predictor(uri:str,                # runs:/<id>, models:/<name>@<alias> 
                    ensemble:bool=False,    # accepted for older callers: a CV parent run is its fold ensemble anyway
                    fold:int|None=None,     # a CV parent run: only this fold's model, at its own threshold
                   ) -> Predictor:
-    "Load a predictor from a run, a registered model or a local folder."
-    from criteria_cls.infer import Predictor  # noqa: PLC0415  (torch)
+    "Load a predictor from a run, a registered model or a local folder; a wrong URI is told before torch loads."
     uri = str(uri)
     if fold is not None and not uri.startswith('runs:/'):
         raise InputError(f"{uri}: --fold K picks one fold of a CV parent run (runs:/<cv run id>)")
@@ -192,12 +191,14 @@ def load_predictor(uri:str,                # runs:/<id>, models:/<name>@<alias> 
         if uri.startswith('runs:/'):
             rid = uri[len('runs:/'):].strip('/').split('/')[0]
             rm = resolve_run(tracking.get_client(tracking_uri), rid, Path(td), ensemble, fold)
+            from criteria_cls.infer import Predictor  # noqa: PLC0415  (torch)
             return Predictor.from_folders(rm.folders, rm.threshold, uri, rm.meta)
         if uri.startswith('models:/'): return _from_pyfunc(_registered(uri, tracking_uri, td), uri)
         d = Path(uri).expanduser()
         if not d.exists():
             raise InputError(f"model '{uri}' not found: give runs:/<run_id>, models:/<name>@<alias> or a model folder")
         if (d / 'MLmodel').exists(): return _from_pyfunc(d, uri)
+        from criteria_cls.infer import Predictor  # noqa: PLC0415  (torch)
         return Predictor.from_folders([d], None, uri, {'kind': 'folder'})
 
 # %% ../nbs/09_registry.ipynb #ed705a28
