@@ -17,9 +17,10 @@ from .metrics import (binary_metrics, bootstrap_ci, criterion_table, evidence_ra
 from .metrics import Calibration, calibration_metrics
 from scipy.special import expit, logit
 from . import tracking
+from .registry import ensemble_calibration, ensemble_threshold
 from .report import origin_line
-# torch, transformers and peft (train, artifacts, evidence, registry) are imported inside the functions that train or
-# score: setting up a CV, aggregating it and the CLI then start in seconds, not in ~10
+# torch, transformers and peft (train, artifacts, evidence) are imported inside the functions that train or score:
+# setting up a CV, aggregating it and the CLI then start in seconds, not in ~10
 if TYPE_CHECKING: from criteria_cls.train import FoldResult
 
 # %% auto #0
@@ -467,7 +468,6 @@ class Aggregate:
 def ensemble_doc(client, latest:dict) -> dict:
     "`summary.json`'s `ensemble`: what `register` ships for the CV, its fold runs and their pooled-dev threshold."
     runs = [latest[k] for k in sorted(latest)]
-    from criteria_cls.registry import ensemble_threshold  # noqa: PLC0415  (torch)
     e = ensemble_threshold(client, runs)
     return {'folds': sorted(latest), 'run_ids': [r.info.run_id for r in runs], 'threshold': _r4(e['threshold']),
             'dev_pairs': e['dev_pairs'], 'select': e['select'], 'calibration': e['calibration']}
@@ -545,7 +545,6 @@ def pooled_calibration(preds:pd.DataFrame,   # pooled test predictions: post_id,
     "`(preds on one scale, the calibration)`: the ensemble's (`registry.ensemble_calibration`, fitted on the pooled"
     "dev scores) applied to `prob_raw` and to each fold's threshold before its own calibration (decisions unchanged)."
     if 'prob_raw' not in preds or 'prob_raw' not in dev: return preds, {}
-    from criteria_cls.registry import ensemble_calibration  # noqa: PLC0415  (torch)
     cal, out, own = ensemble_calibration(dev, method, seed), preds.copy(), fold_cal.set_index('fold')
     out['prob'] = cal.apply(preds.prob_raw.to_numpy())
     for k, g in preds.groupby('fold'):
