@@ -68,5 +68,6 @@ def test_tune_killed_mid_trial_continues_on_rerun(tmp_path):
     new = [t for t in after[3:] if t.state.name == 'COMPLETE']
     assert [t.state.name for t in after[:3]] == ['COMPLETE', 'FAIL', 'COMPLETE'] and len(new) >= 2, after
     assert [(t.datetime_complete, t.value) for t in after[:3:2]] == [(t.datetime_complete, t.value) for t in trials[::2]]
-    pids = {t.user_attrs['pid'] for t in new}
-    assert len(pids) == 2 and not pids & {t.user_attrs['pid'] for t in after[:3]}, [t.user_attrs for t in new]
+    # run by the worker processes, not by the earlier commands (which of the two runs which trial is up to the
+    # workers' start-up: a worker that starts late may find the study already grown)
+    assert not {t.user_attrs['pid'] for t in new} & {t.user_attrs['pid'] for t in after[:3]}, [t.user_attrs for t in new]
