@@ -395,10 +395,9 @@ def _staged(client, rm:RunModels, run_id:str, td:Path) -> tuple:
     return pred, meta, arts
 
 # %% ../nbs/09_registry.ipynb #526fe2e8
-def _log_pyfunc(client, run, arts:dict, config:dict, tags:dict, example:pd.DataFrame, td:Path, tracking_uri:str):
-    "Log the pyfunc model (fold folders and predictor.json) into `run`, leaving its status as it was; its model info."
+def _log_pyfunc(client, run, arts:dict, config:dict, tags:dict, example:pd.DataFrame, td:Path):
+    "Log the pyfunc model (fold folders, predictor.json) into `run` in the fluent store; status kept; its info."
     (td / PYFUNC_CONFIG).write_text(json.dumps(config, indent=1))
-    mlflow.set_tracking_uri(tracking_uri); mlflow.set_registry_uri(tracking_uri)
     with mlflow.start_run(run_id=run.info.run_id):
         info = mlflow.pyfunc.log_model(name='pyfunc', python_model=CriteriaClsModel(),
                                        artifacts={**arts, 'config': str(td / PYFUNC_CONFIG)},
@@ -417,7 +416,8 @@ def register(run_id:str,                  # a fold, holdout or CV parent run
              log=print) -> dict:
     "Log a pyfunc model for a run's fold model(s), register it and set the alias; returns name, version, uri."
     client = tracking.get_client(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix='criteria-cls-register-') as td:
+    # MLflow's fluent calls (log_model, register_model) on this store, and the caller's store as it was afterwards
+    with tracking.fluent_store(tracking_uri), tempfile.TemporaryDirectory(prefix='criteria-cls-register-') as td:
         td = Path(td)
         rm = resolve_run(client, run_id, td / 'download', ensemble, fold)
         warn = _announce(client, rm, alias, log)
@@ -426,9 +426,9 @@ def register(run_id:str,                  # a fold, holdout or CV parent run
         tags = {**_model_tags(pred, meta, rm.run, list(arts)), **({'smoke_test': 'true'} if warn else {})}
         example = pd.DataFrame({'post': ['I have not slept properly in weeks and nothing feels worth doing.'],
                                 'criterion_id': [pred.criteria.criterion_id.iloc[0]]})
-        info = _log_pyfunc(client, rm.run, arts, config, tags, example, td, tracking_uri)
-    name = name or default_model_name(pred.meta['backbone'])
-    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+        info = _log_pyfunc(client, rm.run, arts, config, tags, example, td)
+        name = name or default_model_name(pred.meta['backbone'])
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
     desc = _description(pred, meta, rm.run)
     tracking.with_retry(client.update_model_version, name, mv.version, description=desc)
     if alias: tracking.with_retry(client.set_registered_model_alias, name, alias, mv.version)

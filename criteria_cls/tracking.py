@@ -5,9 +5,9 @@
 # %% ../nbs/07_tracking.ipynb #ffe914ea
 from __future__ import annotations
 import json, math, os, random, sqlite3, tempfile, time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
-import pandas as pd
+import mlflow, pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
@@ -18,7 +18,7 @@ from .config import InputError, load_params, params_dict, project_root
 __all__ = ['artifact_location', 'with_retry', 'StoreUnreachable', 'http_retry_budget', 'retry_env', 'get_client',
            'ensure_experiment', 'flatten', 'start_run', 'end_run', 'log_params', 'log_metrics', 'log_artifact',
            'log_frame', 'load_frame', 'load_json', 'params_from_run', 'origin_tags', 'run_origin', 'child_runs',
-           'latest_fold_runs', 'run_store_hint', 'existing_store', 'kernel_env']
+           'latest_fold_runs', 'run_store_hint', 'existing_store', 'kernel_env', 'fluent_store']
 
 # %% ../nbs/07_tracking.ipynb #e010302b
 def artifact_location(uri:str, location:str) -> str|None:
@@ -239,3 +239,20 @@ def kernel_env(extra:dict|None=None) -> dict:
     env['PYTHONWARNINGS'] = ','.join(w for w in (env.get('PYTHONWARNINGS'), 'ignore:IProgress not found') if w)
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
+
+# %% ../nbs/07_tracking.ipynb #5544218e
+@contextmanager
+def fluent_store(uri:str):
+    "MLflow's fluent tracking and registry URIs (and the variables MLflow sets for them) at `uri` in the block only."
+    from mlflow.tracking._model_registry import utils as reg_utils  # noqa: PLC0415  (MLflow keeps the set URIs here)
+    from mlflow.tracking._tracking_service import utils as track_utils  # noqa: PLC0415  (as above)
+    keys = ('MLFLOW_TRACKING_URI', 'MLFLOW_REGISTRY_URI')
+    env, before = {k: os.environ.get(k) for k in keys}, (track_utils._tracking_uri, reg_utils._registry_uri)
+    mlflow.set_tracking_uri(uri); mlflow.set_registry_uri(uri)
+    try: yield uri
+    finally:
+        track_utils._tracking_uri, reg_utils._registry_uri = before
+        for k, v in env.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+

@@ -40,7 +40,7 @@ def write_trial(home:Path, n:int=36, seed:int=0) -> Path:
 
 def user_env() -> dict:
     "A user's shell: no store in the environment; the venv's commands found on PATH."
-    env = {k: v for k, v in os.environ.items() if k not in ('MLFLOW_TRACKING_URI', 'MLFLOW_RUN_ID')}
+    env = {k: v for k, v in os.environ.items() if not k.startswith('MLFLOW_')}
     return {**env, 'PATH': f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", 'NO_PROXY': '127.0.0.1,localhost',
             'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
 
