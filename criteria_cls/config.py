@@ -108,6 +108,9 @@ SCHEMA['model'].update({
                                 "should outscore the others (weight against the balanced logistic loss; 0: that loss alone)"),
     'sentence_probe_context': ('none', str, "the sentence probe's features: `none` (the sentence's vectors) or `post` "
                                "(and the mean vector of its post's sentences)"),
+    'sentence_probe_depths': ([1.0], list, "which layers of each encoder the sentence probe reads, as depths in (0, 1] "
+                              "(1: the top layer; 0.67: two thirds of the way up); their mean-pooled unit vectors "
+                              "side by side"),
 })
 
 # %% ../nbs/00_config.ipynb #0204f4ca

@@ -75,16 +75,21 @@ def top_evidence(scores:pd.DataFrame,  # `sentence_scores` rows
     return top[['post_id', 'criterion_id', 'rank', 'sentence_index', 'sentence', 'score']].reset_index(drop=True)
 
 # %% ../nbs/05g_evidence.ipynb #09e12625
-def embed_texts(backbone, tok, texts:list, pooling:str='mean', batch_size:int=64, max_length:int=128) -> np.ndarray:
-    "Unit-length vectors of `texts` under a frozen backbone (its pooling), `[texts, H]`; batched by length."
+def embed_texts(backbone, tok, texts:list, pooling:str='mean', batch_size:int=64, max_length:int=128,
+                layers:list|None=None,  # hidden-state indices (0: the embeddings); None: the last layer only
+               ) -> np.ndarray:
+    "Unit-length vectors of `texts` under a frozen backbone (its pooling), one per layer side by side; batched by length."
     order, out = np.argsort([len(t) for t in texts], kind='stable'), []
     with torch.inference_mode():
         for s in range(0, len(texts), batch_size):
             batch = [texts[i] for i in order[s:s + batch_size]]
             b = tok(batch, padding=True, truncation=True, max_length=max_length, return_tensors='pt')
-            h = backbone(input_ids=b['input_ids'], attention_mask=b['attention_mask']).last_hidden_state
-            out.append(torch.nn.functional.normalize(pool(h, b['attention_mask'], pooling).float(), dim=-1).numpy())
-    if not out: return np.zeros((0, backbone.config.hidden_size))
+            o = backbone(input_ids=b['input_ids'], attention_mask=b['attention_mask'],
+                         output_hidden_states=layers is not None)
+            hs = [o.last_hidden_state] if layers is None else [o.hidden_states[i] for i in layers]
+            out.append(np.hstack([torch.nn.functional.normalize(pool(h, b['attention_mask'], pooling).float(),
+                                                                dim=-1).numpy() for h in hs]))
+    if not out: return np.zeros((0, backbone.config.hidden_size * len(layers or [0])))
     X = np.empty((len(texts), out[0].shape[1]), dtype=out[0].dtype)
     X[order] = np.concatenate(out)
     return X

@@ -19,9 +19,9 @@ from .model import load_backbone
 from .evidence import embed_texts
 
 # %% auto #0
-__all__ = ['PROBE_FILE', 'PROBE_CONFIG', 'SCALES', 'text_key', 'Encoder', 'EmbeddingStore', 'sentence_vectors', 'post_sentences',
-           'probe_labels', 'SentenceProbe', 'with_context', 'annotated_lists', 'listwise_regression', 'fit_probe',
-           'blend_logits', 'fit_fold_probe', 'load_probe']
+__all__ = ['PROBE_FILE', 'PROBE_CONFIG', 'SCALES', 'text_key', 'check_depths', 'Encoder', 'EmbeddingStore', 'sentence_vectors',
+           'post_sentences', 'probe_labels', 'SentenceProbe', 'with_context', 'annotated_lists', 'listwise_regression',
+           'fit_probe', 'blend_logits', 'fit_fold_probe', 'load_probe']
 
 # %% ../nbs/05h_sentence_probe.ipynb #42041c6e
 def text_key(text:str) -> str:
@@ -29,28 +29,43 @@ def text_key(text:str) -> str:
     return hashlib.sha256(text.encode('utf-8')).hexdigest()
 
 # %% ../nbs/05h_sentence_probe.ipynb #88c11ce8
+def check_depths(depths) -> tuple:
+    "`model.sentence_probe_depths` as a tuple of floats, each in (0, 1]; else `InputError`."
+    ok = isinstance(depths, (list, tuple)) and len(depths) > 0 and all(
+        isinstance(d, (int, float)) and not isinstance(d, bool) and 0 < d <= 1 for d in depths)
+    if not ok: raise InputError(f"model.sentence_probe_depths must be a non-empty list of numbers in (0, 1] (1: the "
+                                f"top layer, 0.67: two thirds of the way up), found {depths!r}")
+    return tuple(float(d) for d in depths)
+
 class Encoder:
-    "A frozen packaged backbone that embeds texts (its own pooling, unit length); loaded on first use."
-    def __init__(self, alias:str, cache_dir:str|None=None, max_length:int=128):
+    "A frozen packaged backbone that embeds texts (its own pooling, unit length, one vector per depth); lazy."
+    def __init__(self, alias:str, cache_dir:str|None=None, max_length:int=128, depths=(1.0,)):
         if alias not in ALIASES:
             raise InputError(f"model.sentence_probe: '{alias}' is not a packaged backbone alias "
                              f"({', '.join(ALIASES)})")
         self.alias, self.cache_dir, self.max_length, self._m = alias, cache_dir, max_length, None
+        self.depths = check_depths(depths)
+
+    def layers(self, n_layers:int) -> list|None:
+        "The hidden-state index of each depth in a backbone of `n_layers` (None: the top layer alone)."
+        return None if self.depths == (1.0,) else [max(1, round(d * n_layers)) for d in self.depths]
 
     def embed(self, texts:list, progress=None, chunk:int=256) -> np.ndarray:
-        "`[texts, H]` float32 unit vectors, with a progress bar (`progress=False`: none)."
+        "`[texts, H·depths]` float32 unit vectors, with a progress bar (`progress=False`: none)."
         if self._m is None:
             m = {'backbone': self.alias, 'cache_dir': self.cache_dir, 'dtype': 'float32'}
             p = load_params(None, [{'model': m}])
             b, tok, (pooling, _) = load_backbone(p, 'cpu'); self._m = (b.eval(), tok, pooling)
         b, tok, pooling = self._m
+        layers = self.layers(b.config.num_hidden_layers)
         bar, out = tqdm(total=len(texts), desc=f'embedding sentences ({self.alias})', unit=' sentences',
                         disable=(progress is False) or None), []
         for s in range(0, len(texts), chunk):
-            out.append(embed_texts(b, tok, texts[s:s + chunk], pooling, max_length=self.max_length))
+            out.append(embed_texts(b, tok, texts[s:s + chunk], pooling, max_length=self.max_length, layers=layers))
             bar.update(len(out[-1]))
         bar.close()
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, b.config.hidden_size), np.float32)
+        size = b.config.hidden_size * len(self.depths)
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, size), np.float32)
 
 # %% ../nbs/05h_sentence_probe.ipynb #671f0325
 class EmbeddingStore:
@@ -58,7 +73,8 @@ class EmbeddingStore:
     def __init__(self, encoder:Encoder, root=None):
         self.encoder, self.memo, self.read = encoder, {}, set()
         root = Path(root) if root else cache_root(encoder.cache_dir)
-        self.dir = root / 'sentence_embeddings' / f'{encoder.alias}-{encoder.max_length}'
+        depths = '' if encoder.depths == (1.0,) else '-depths-' + '-'.join(f'{d:g}' for d in encoder.depths)
+        self.dir = root / 'sentence_embeddings' / f'{encoder.alias}-{encoder.max_length}{depths}'
 
     def _read_new(self):
         for f in sorted(self.dir.glob('*.npz')):
@@ -87,12 +103,13 @@ class EmbeddingStore:
 # %% ../nbs/05h_sentence_probe.ipynb #501db5e6
 _STORES = {}
 
-def sentence_vectors(texts:list, encoders:list, cache_dir:str|None=None, progress=None) -> np.ndarray:
-    "`[texts, sum of the encoders' sizes]`: each text's unit vector under each encoder, concatenated."
-    parts = []
+def sentence_vectors(texts:list, encoders:list, cache_dir:str|None=None, progress=None,
+                     depths=(1.0,)) -> np.ndarray:
+    "`[texts, sum of the encoders' sizes x depths]`: each text's unit vectors under each encoder, concatenated."
+    parts, depths = [], check_depths(depths)
     for a in encoders:
-        key = (a, str(cache_root(cache_dir)))
-        if key not in _STORES: _STORES[key] = EmbeddingStore(Encoder(a, cache_dir))
+        key = (a, str(cache_root(cache_dir)), depths)
+        if key not in _STORES: _STORES[key] = EmbeddingStore(Encoder(a, cache_dir, depths=depths))
         parts.append(_STORES[key].vectors(list(texts), progress))
     return np.hstack(parts)
 
@@ -142,6 +159,7 @@ class SentenceProbe:
     cache_dir: str|None = None  # the embeddings' cache root (where the model runs; not saved)
     context: str = 'none'     # features: `none` (the sentence's vectors) or `post` (and its post's mean vector)
     listwise: float = 0.0     # the weight of the listwise term it was fitted with (`model.sentence_probe_listwise`)
+    depths: tuple = (1.0,)    # each encoder's layers, as depths (`model.sentence_probe_depths`; 1: the top layer)
 
     def logits(self, X:np.ndarray) -> np.ndarray:
         "`[sentences, criteria]` logits of sentence vectors `X` (0 where a criterion has no regression)."
@@ -191,7 +209,7 @@ def fit_probe(X:np.ndarray,       # [sentences, features]: the sentences of each
               Y:np.ndarray,       # [sentences, criteria]: 1, 0, -1 unknown (`probe_labels`)
               criteria:list, encoders:list, C:float=1.0, weight:float=0.5, cache_dir:str|None=None,
               post_ids=None,      # each sentence's post: needed by `context='post'` and `listwise`
-              context:str='none', listwise:float=0.0) -> SentenceProbe:
+              context:str='none', listwise:float=0.0, depths=(1.0,)) -> SentenceProbe:
     "A balanced logistic regression per criterion on its labelled sentences (none without both classes)."
     sizes = None if post_ids is None else pd.Series(post_ids).groupby(list(post_ids), sort=False).size().tolist()
     X = with_context(X, sizes, context)
@@ -206,7 +224,7 @@ def fit_probe(X:np.ndarray,       # [sentences, features]: the sentences of each
             coef[j], b[j] = lr.coef_[0], lr.intercept_[0]
         ok[j] = True
     return SentenceProbe(list(encoders), list(criteria), coef, b, ok, float(weight), float(C), cache_dir=cache_dir,
-                         context=context, listwise=float(listwise))
+                         context=context, listwise=float(listwise), depths=check_depths(depths))
 
 
 # %% ../nbs/05h_sentence_probe.ipynb #14938548
@@ -216,8 +234,8 @@ def sentence_logits(self:SentenceProbe, texts:list, progress=None) -> list:
     split = [split_sentences(t) for t in texts]
     flat = [s for ss in split for s in ss]
     if not flat: return [np.zeros((0, len(self.criteria))) for _ in texts]
-    X = with_context(sentence_vectors(flat, self.encoders, self.cache_dir, progress), [len(ss) for ss in split],
-                     self.context)
+    X = with_context(sentence_vectors(flat, self.encoders, self.cache_dir, progress, self.depths),
+                     [len(ss) for ss in split], self.context)
     L = self.logits(X)
     return np.split(L, np.cumsum([len(ss) for ss in split])[:-1])
 
@@ -311,11 +329,12 @@ def fit_fold_probe(p,                        # resolved params (`model.sentence_
     if not m.sentence_probe_c > 0: raise InputError(f"model.sentence_probe_c must be > 0, found {m.sentence_probe_c}")
     if not m.sentence_probe_listwise >= 0:
         raise InputError(f"model.sentence_probe_listwise must be >= 0, found {m.sentence_probe_listwise}")
+    depths = check_depths(m.sentence_probe_depths)
     idx = post_sentences(train_pairs.drop_duplicates('post_id'))
     Y = probe_labels(idx, train_pairs, sentences, criteria, p.train.unmarked_sentences)
-    X = sentence_vectors(idx.sentence.tolist(), list(m.sentence_probe), m.cache_dir, progress)
+    X = sentence_vectors(idx.sentence.tolist(), list(m.sentence_probe), m.cache_dir, progress, depths)
     return fit_probe(X, Y, criteria, list(m.sentence_probe), m.sentence_probe_c, m.sentence_probe_weight, m.cache_dir,
-                     idx.post_id.tolist(), m.sentence_probe_context, m.sentence_probe_listwise)
+                     idx.post_id.tolist(), m.sentence_probe_context, m.sentence_probe_listwise, depths)
 
 # %% ../nbs/05h_sentence_probe.ipynb #f012da4a
 @patch
@@ -325,7 +344,7 @@ def save(self:SentenceProbe, folder) -> Path:
     np.savez(folder / PROBE_FILE, coef=self.coef, intercept=self.intercept, fitted=self.fitted)
     doc = {'encoders': self.encoders, 'criteria': self.criteria, 'weight': self.weight, 'C': self.C,
            'scales': self.scales, 'features': int(self.coef.shape[1]), 'context': self.context,
-           'listwise': self.listwise}
+           'listwise': self.listwise, 'depths': list(self.depths)}
     (folder / PROBE_CONFIG).write_text(json.dumps(doc, indent=1))
     return folder
 
@@ -336,4 +355,5 @@ def load_probe(folder, cache_dir:str|None=None) -> SentenceProbe|None:
     doc = json.loads((folder / PROBE_CONFIG).read_text())
     with np.load(folder / PROBE_FILE) as z: coef, b, ok = z['coef'], z['intercept'], z['fitted']
     return SentenceProbe(doc['encoders'], doc['criteria'], coef, b, ok, doc['weight'], doc['C'], doc['scales'],
-                         cache_dir, doc.get('context', 'none'), doc.get('listwise', 0.0))
+                         cache_dir, doc.get('context', 'none'), doc.get('listwise', 0.0),
+                         check_depths(doc.get('depths', [1.0])))
