@@ -45,6 +45,8 @@ class Encoder:
                              f"({', '.join(ALIASES)})")
         self.alias, self.cache_dir, self.max_length, self._m = alias, cache_dir, max_length, None
         self.depths = check_depths(depths)
+        tail = '' if self.depths == (1.0,) else '-depths-' + '-'.join(f'{d:g}' for d in self.depths)
+        self.name = f'{alias}-{max_length}{tail}'   # its vectors' folder in the embedding cache
 
     def layers(self, n_layers:int) -> list|None:
         "The hidden-state index of each depth in a backbone of `n_layers` (None: the top layer alone)."
@@ -73,8 +75,7 @@ class EmbeddingStore:
     def __init__(self, encoder:Encoder, root=None):
         self.encoder, self.memo, self.read = encoder, {}, set()
         root = Path(root) if root else cache_root(encoder.cache_dir)
-        depths = '' if encoder.depths == (1.0,) else '-depths-' + '-'.join(f'{d:g}' for d in encoder.depths)
-        self.dir = root / 'sentence_embeddings' / f'{encoder.alias}-{encoder.max_length}{depths}'
+        self.dir = root / 'sentence_embeddings' / encoder.name
 
     def _read_new(self):
         for f in sorted(self.dir.glob('*.npz')):
